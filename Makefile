@@ -1,0 +1,36 @@
+# gancompress — every target here works; none is a placeholder.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-stamp
+
+.PHONY: setup test test-fast lint zoo demo bench serve
+
+## setup: create .venv and install the project with its test tools (quick when nothing changed)
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@command -v chromium >/dev/null || command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	   apt-get install -y -qq chromium chromium-driver docker-compose >/dev/null)) || true
+	touch $(STAMP)
+
+## test: the whole suite (unit, integration with real Redis/Celery/uvicorn, browser, e2e)
+test: setup
+	$(BIN)/python -m pytest -q
+
+## test-fast: unit tests only
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not integration and not e2e and not browser"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## zoo: retrain and re-export the reference generators into worker/zoo/data
+zoo: setup
+	$(BIN)/python -m worker.zoo.build

@@ -1,0 +1,72 @@
+"""Sandbox entry point: ``python -m worker.engine.run JOB_JSON OUT_DIR``.
+
+This is the only place where an uploaded model is loaded in the service. The worker runs it in a
+child process with resource limits (worker/sandbox.py) and reads its stdout, one JSON object per
+line:
+
+- ``{"event": "progress", "stage", "step", "total", "loss", "eta_seconds", "message"}``
+- ``{"event": "done", "summary": {...}}`` (exit code 0)
+- ``{"event": "error", "code", "detail"}`` (exit code 3 for bad input, 1 for anything else)
+
+Logs go to stderr. ``JOB_JSON`` holds ``{"model": path, "spec": {...}, "calibration": {name: path}}``.
+Artifacts are written to ``OUT_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from worker.errors import BadInputError, GanCompressError
+from worker.spec import Progress
+from worker.spec_cli import validate_spec
+
+EXIT_BAD_INPUT = 3
+
+
+def _emit(obj: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    if len(argv) != 2:
+        _emit({"event": "error", "code": "internal_error", "detail": "usage: run JOB_JSON OUT_DIR"})
+        return 1
+    job_path, out_dir = Path(argv[0]), Path(argv[1])
+    try:
+        job = json.loads(job_path.read_text())
+        spec = validate_spec(job.get("spec", {}))
+        from worker.engine.pipeline import compress  # torch is imported here, inside the sandbox
+
+        def progress(p: Progress) -> None:
+            _emit({"event": "progress", **p.model_dump(mode="json")})
+
+        report = compress(
+            Path(job["model"]),
+            spec,
+            out_dir,
+            calibration={k: Path(v) for k, v in (job.get("calibration") or {}).items()},
+            progress=progress,
+        )
+        _emit({"event": "done", "summary": report["summary"]})
+        return 0
+    except GanCompressError as e:
+        logging.getLogger(__name__).warning("job.failed code=%s detail=%s", e.code, e.detail)
+        _emit({"event": "error", **e.to_dict()})
+        return EXIT_BAD_INPUT if isinstance(e, BadInputError) else 1
+    except MemoryError:
+        _emit({"event": "error", "code": "resource_limit", "detail": "the job ran out of memory"})
+        return 1
+    except Exception as e:  # the boundary: anything unexpected becomes a failed job, never a crash
+        logging.getLogger(__name__).exception("job.crashed")
+        _emit({"event": "error", "code": "internal_error", "detail": f"{type(e).__name__}: {e}"})
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Errors that carry meaning across the engine, the worker and the API (torch-free).
+
+Each error has a stable ``code`` (what clients branch on), an HTTP ``status`` and a ``retriable``
+flag. Engine errors are *permanent* (bad input: retrying cannot help); infrastructure errors are
+retriable.
+"""
+
+from __future__ import annotations
+
+
+class GanCompressError(Exception):
+    """Base class. ``code`` is stable and documented; ``detail`` is for people."""
+
+    code: str = "internal_error"
+    status: int = 500
+    title: str = "Internal error"
+    retriable: bool = False
+
+    def __init__(self, detail: str, **extra: object) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+    def to_dict(self) -> dict[str, object]:
+        return {"code": self.code, "detail": self.detail, **self.extra}
+
+
+class BadInputError(GanCompressError):
+    """The user's model, spec or calibration data cannot be used. Never retried."""
+
+    code = "bad_input"
+    status = 422
+    title = "Unprocessable input"
+
+
+class UnsupportedFormatError(BadInputError):
+    code = "unsupported_format"
+    status = 415
+    title = "Unsupported model format"
+
+
+class CorruptModelError(BadInputError):
+    code = "corrupt_model"
+    title = "Model file cannot be read"
+
+
+class MissingInputSpecError(BadInputError):
+    code = "missing_input_spec"
+    title = "Input specification required"
+
+
+class UnsupportedOpError(BadInputError):
+    code = "unsupported_op"
+    title = "Unsupported operator or layer"
+
+
+class BadCalibrationError(BadInputError):
+    code = "bad_calibration"
+    title = "Calibration data cannot be used"
+
+
+class BadSpecError(BadInputError):
+    code = "invalid_spec"
+    title = "Invalid compression spec"
+
+
+class PruningError(BadInputError):
+    code = "pruning_failed"
+    title = "Pruning is not possible as asked"
+
+
+class ExportError(GanCompressError):
+    code = "export_failed"
+    title = "Export failed"
+
+
+class CanceledError(GanCompressError):
+    code = "canceled"
+    status = 409
+    title = "Canceled"
+
+
+class ResourceLimitError(GanCompressError):
+    """The sandbox hit its memory or time limit."""
+
+    code = "resource_limit"
+    status = 422
+    title = "Resource limit exceeded"
+
+
+ERROR_TYPES: dict[str, type[GanCompressError]] = {
+    cls.code: cls
+    for cls in (
+        GanCompressError,
+        BadInputError,
+        UnsupportedFormatError,
+        CorruptModelError,
+        MissingInputSpecError,
+        UnsupportedOpError,
+        BadCalibrationError,
+        BadSpecError,
+        PruningError,
+        ExportError,
+        CanceledError,
+        ResourceLimitError,
+    )
+}
+
+
+def error_from_dict(d: dict[str, object]) -> GanCompressError:
+    """Rebuild an error that crossed a process boundary as ``to_dict()`` JSON."""
+    cls = ERROR_TYPES.get(str(d.get("code")), GanCompressError)
+    return cls(str(d.get("detail", "")))

@@ -1,0 +1,218 @@
+"""The torch-free contract between the API, the CLI, the worker and the engine.
+
+Everything a user can ask for is validated here, at submit time, so that a bad spec is a
+``422`` (HTTP) or a one-line error (CLI) and never a job that fails half an hour later.
+Every closed set of names is a ``StrEnum``; each engine registry must implement every member
+(tests assert it).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+REPORT_SCHEMA_VERSION = "1.0"
+
+
+class PruneMethod(StrEnum):
+    """How the generator is pruned."""
+
+    CHANNEL = "channel"  # structured: removes channels, the graph gets smaller and faster
+    UNSTRUCTURED = "unstructured"  # global magnitude sparsity: smaller compressed file only
+    BLOCK = "block"  # removes whole residual blocks that have an identity skip
+
+
+class Criterion(StrEnum):
+    """Channel importance criterion for ``channel`` pruning."""
+
+    L1 = "l1"
+    L2 = "l2"
+    BN_SCALE = "bn_scale"
+    TAYLOR = "taylor"
+    RANDOM = "random"
+
+
+class LossName(StrEnum):
+    """Distillation losses (student output vs teacher output, or features)."""
+
+    L1 = "l1"
+    MSE = "mse"
+    SSIM = "ssim"
+    FEATURE = "feature"
+
+
+class MetricName(StrEnum):
+    """Quality metrics of the student against the teacher on the same held-out inputs."""
+
+    PSNR = "psnr"
+    SSIM = "ssim"
+    MS_SSIM = "ms_ssim"
+    L1 = "l1"
+
+
+class Quantize(StrEnum):
+    NONE = "none"
+    INT8_DYNAMIC = "int8-dynamic"
+    INT8_STATIC = "int8-static"
+    FP16 = "fp16"
+
+
+class Distribution(StrEnum):
+    """How an input is sampled during distillation and evaluation."""
+
+    NORMAL = "normal"
+    UNIFORM = "uniform"
+    RANDINT = "randint"
+    CALIBRATION = "calibration"  # images from a user-supplied calibration set
+
+
+class Stage(StrEnum):
+    QUEUED = "queued"
+    IMPORT = "import"
+    PRUNE = "prune"
+    DISTILL = "distill"
+    EXPORT = "export"
+    MEASURE = "measure"
+    QUALITY = "quality"
+    REPORT = "report"
+    DONE = "done"
+
+
+class ModelFormat(StrEnum):
+    TORCHSCRIPT = "torchscript"
+    ONNX = "onnx"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSpec(_Strict):
+    """One model input. The batch dimension is the first entry of ``shape`` (any value; it is
+    replaced by the batch size the engine uses)."""
+
+    shape: list[Annotated[int, Field(ge=1, le=8192)]] = Field(
+        min_length=1, max_length=6, description="Shape including the batch dimension, e.g. [1, 64]."
+    )
+    dtype: Literal["float32", "int64", "int32"] = Field("float32", description="Element type.")
+    distribution: Distribution = Field(
+        Distribution.NORMAL, description="normal | uniform | randint | calibration (images)."
+    )
+    low: float = Field(0.0, description="Lower bound for uniform / randint (inclusive).")
+    high: float = Field(1.0, description="Upper bound for uniform / randint (exclusive for randint).")
+
+    @model_validator(mode="after")
+    def _check(self) -> InputSpec:
+        if self.high <= self.low and self.distribution in (Distribution.UNIFORM, Distribution.RANDINT):
+            raise ValueError(f"high ({self.high}) must be greater than low ({self.low})")
+        if self.dtype != "float32" and self.distribution != Distribution.RANDINT:
+            raise ValueError(f"integer input (dtype {self.dtype}) needs distribution 'randint'")
+        if self.distribution == Distribution.RANDINT and self.dtype == "float32":
+            raise ValueError("distribution 'randint' needs an integer dtype (int64 or int32)")
+        if self.distribution == Distribution.CALIBRATION and len(self.shape) != 4:
+            raise ValueError("a calibration (image) input must have a 4-d shape [N, C, H, W]")
+        return self
+
+
+class PruneSpec(_Strict):
+    method: PruneMethod = Field(PruneMethod.CHANNEL, description="channel | unstructured | block.")
+    ratio: float | None = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="channel: fraction of channels removed per layer; unstructured: sparsity; "
+        "block: fraction of removable blocks removed.",
+    )
+    target_macs: int | None = Field(
+        None, ge=1, description="channel only: prune until MACs are within 5% of this (overrides ratio)."
+    )
+    criterion: Criterion = Field(Criterion.L1, description="Channel importance criterion.")
+    global_ranking: bool = Field(False, description="Rank channels across layers instead of per layer.")
+    iterative_steps: int = Field(1, ge=1, le=32, description="Prune in N rounds with distillation between.")
+    ignore: list[str] = Field(
+        default_factory=list, description="Layer-name patterns (fnmatch) that are never pruned."
+    )
+    blocks: int | None = Field(None, ge=1, description="block only: number of residual blocks to remove.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PruneSpec:
+        if self.target_macs is not None and self.method != PruneMethod.CHANNEL:
+            raise ValueError("target_macs applies to method 'channel' only")
+        if self.blocks is not None and self.method != PruneMethod.BLOCK:
+            raise ValueError("blocks applies to method 'block' only")
+        if self.ratio is None and self.target_macs is None and self.blocks is None:
+            raise ValueError("give ratio, target_macs (channel) or blocks (block)")
+        return self
+
+
+class DistillSpec(_Strict):
+    steps: int = Field(300, ge=0, le=1_000_000, description="Maximum optimizer steps.")
+    budget_seconds: float = Field(
+        120.0, gt=0, le=7 * 24 * 3600, description="Wall-clock budget; whichever of steps/budget ends first."
+    )
+    losses: dict[LossName, Annotated[float, Field(ge=0.0)]] = Field(
+        default_factory=lambda: {LossName.L1: 1.0, LossName.SSIM: 0.5},
+        description="Loss name -> weight.",
+    )
+    batch_size: int = Field(8, ge=1, le=512)
+    lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate (cosine-decayed).")
+    crop: int | None = Field(
+        None, ge=8, description="Random crop size for fully convolutional image inputs (None: full size)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillSpec:
+        if self.losses and not any(w > 0 for w in self.losses.values()):
+            raise ValueError("at least one loss needs a positive weight")
+        return self
+
+
+class ExportSpec(_Strict):
+    opset: int = Field(17, ge=13, le=21, description="ONNX opset of the exported student.")
+    quantize: Quantize = Field(Quantize.NONE, description="none | int8-dynamic | int8-static | fp16.")
+
+
+class Gates(_Strict):
+    """Quality gates: a job that misses one still succeeds, with ``gates.passed = false``."""
+
+    min_ssim: float | None = Field(None, ge=-1.0, le=1.0)
+    min_psnr: float | None = Field(None, ge=0.0)
+    min_speedup: float | None = Field(None, gt=0.0)
+
+
+class CompressionSpec(_Strict):
+    """Everything one compression needs besides the model and calibration files."""
+
+    inputs: dict[str, InputSpec] | None = Field(
+        None, description="Input name -> spec. Required for TorchScript; read from the graph for ONNX."
+    )
+    prune: PruneSpec = Field(default_factory=PruneSpec)
+    distill: DistillSpec = Field(default_factory=DistillSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    gates: Gates = Field(default_factory=Gates)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class Progress(BaseModel):
+    """One progress event from the engine."""
+
+    stage: Stage
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    eta_seconds: float | None = None
+    message: str | None = None
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total) if self.total else 0.0
+
+
+ARTIFACT_NAMES: tuple[str, ...] = ("model.onnx", "report.json", "report.html", "samples.png", "log.txt")
+GATE_METRICS: dict[str, Literal["ssim", "psnr", "speedup"]] = {
+    "min_ssim": "ssim",
+    "min_psnr": "psnr",
+    "min_speedup": "speedup",
+}

@@ -1,0 +1,59 @@
+"""Liveness, readiness, Prometheus metrics and the catalog (no API key needed)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.api.uploads import services
+from app.catalog import catalog
+from app.errors import problem
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/healthz", summary="Alive")
+def healthz(request: Request) -> dict[str, Any]:
+    return {"status": "ok", "auth": services(request).keys.enabled}
+
+
+@router.get("/readyz", summary="Ready: Redis reachable and at least one worker answering")
+async def readyz(request: Request) -> Response:
+    svc = services(request)
+    checks: dict[str, Any] = {}
+    try:
+        checks["redis"] = bool(await run_in_threadpool(svc.redis.ping))
+    except Exception as e:
+        checks["redis"] = False
+        checks["redis_error"] = str(e)
+    try:
+        await run_in_threadpool(svc.store.ping)
+        checks["storage"] = True
+    except Exception as e:
+        checks["storage"] = False
+        checks["storage_error"] = str(e)
+    workers = await run_in_threadpool(svc.queue.workers) if checks["redis"] else []
+    checks["workers"] = workers
+    if checks["redis"] and checks["storage"] and workers:
+        return JSONResponse({"status": "ready", **checks})
+    missing = [k for k in ("redis", "storage") if not checks[k]] + ([] if workers else ["workers"])
+    return problem(503, "not_ready", "Not ready", f"not ready: {', '.join(missing)}", "/readyz", **checks)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    return services(request).metrics.render()
+
+
+@lru_cache(maxsize=1)
+def _catalog() -> dict[str, Any]:
+    return catalog()
+
+
+@router.get("/v1/catalog", summary="Pruning methods, criteria, losses, metrics and quantization modes")
+def get_catalog() -> dict[str, Any]:
+    return _catalog()

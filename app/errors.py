@@ -1,0 +1,202 @@
+"""HTTP errors as RFC 9457 ``application/problem+json`` with a stable ``code``.
+
+The hierarchy extends ``worker.errors`` (whose classes already carry ``code`` and ``status``) with
+errors that only exist over HTTP. Every error response of the API, including FastAPI's own
+validation errors and unknown routes, has the same shape::
+
+    {"type": "urn:gancompress:error:<code>", "title": ..., "status": ..., "detail": ...,
+     "code": "<code>", "instance": "/v1/..."}
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from worker.errors import GanCompressError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class HttpError(GanCompressError):
+    """Errors of the HTTP layer (not of the engine)."""
+
+    code = "bad_request"
+    status = 400
+    title = "Bad request"
+
+
+class BadRequestError(HttpError):
+    code = "bad_request"
+    status = 400
+    title = "Bad request"
+
+
+class MalformedUploadError(BadRequestError):
+    code = "malformed_upload"
+    title = "The upload cannot be parsed"
+
+
+class InvalidCursorError(BadRequestError):
+    code = "invalid_cursor"
+    title = "Invalid pagination cursor"
+
+
+class UnauthorizedError(HttpError):
+    code = "unauthorized"
+    status = 401
+    title = "Missing or invalid API key"
+
+
+class NotFoundError(HttpError):
+    code = "not_found"
+    status = 404
+    title = "Not found"
+
+
+class JobNotFoundError(NotFoundError):
+    code = "job_not_found"
+    title = "Job not found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+    title = "Model not found"
+
+
+class CalibrationNotFoundError(NotFoundError):
+    code = "calibration_not_found"
+    title = "Calibration set not found"
+
+
+class ArtifactNotFoundError(NotFoundError):
+    code = "artifact_not_found"
+    title = "Artifact not found"
+
+
+class MethodNotAllowedError(HttpError):
+    code = "method_not_allowed"
+    status = 405
+    title = "Method not allowed"
+
+
+class ConflictError(HttpError):
+    code = "conflict"
+    status = 409
+    title = "Conflict"
+
+
+class IdempotencyConflictError(ConflictError):
+    code = "idempotency_conflict"
+    title = "Idempotency-Key reused with a different request"
+
+
+class JobNotFinishedError(ConflictError):
+    code = "job_not_finished"
+    title = "The job has not finished"
+
+
+class JobFinishedError(ConflictError):
+    code = "job_finished"
+    title = "The job has already finished"
+
+
+class PayloadTooLargeError(HttpError):
+    code = "payload_too_large"
+    status = 413
+    title = "Upload too large"
+
+
+class UnsupportedMediaTypeError(HttpError):
+    code = "unsupported_media_type"
+    status = 415
+    title = "Unsupported Content-Type"
+
+
+class ExternalDataError(HttpError):
+    """ONNX whose tensors live in side files: the upload is one file, so they would be missing
+    (and a path in the model must never be followed)."""
+
+    code = "external_data"
+    status = 422
+    title = "ONNX external data is not supported"
+
+
+class ServiceUnavailableError(HttpError):
+    code = "service_unavailable"
+    status = 503
+    title = "Service unavailable"
+    retriable = True
+
+
+def problem(
+    status: int, code: str, title: str, detail: str, instance: str | None = None, **extra: Any
+) -> JSONResponse:
+    """Build one problem+json response."""
+    body: dict[str, Any] = {
+        "type": f"urn:gancompress:error:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update({k: v for k, v in extra.items() if k not in body})
+    headers = {"WWW-Authenticate": 'Bearer realm="gancompress"'} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _from_error(request: Request, exc: GanCompressError) -> JSONResponse:
+    extra = {k: v for k, v in exc.extra.items() if isinstance(v, str | int | float | bool | list | dict)}
+    return problem(exc.status, exc.code, exc.title, exc.detail, request.url.path, **extra)
+
+
+_STATUS_CODES = {
+    400: ("bad_request", "Bad request"),
+    401: (UnauthorizedError.code, UnauthorizedError.title),
+    404: (NotFoundError.code, NotFoundError.title),
+    405: (MethodNotAllowedError.code, MethodNotAllowedError.title),
+    413: (PayloadTooLargeError.code, PayloadTooLargeError.title),
+    415: (UnsupportedMediaTypeError.code, UnsupportedMediaTypeError.title),
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error of ``app`` a problem+json response."""
+
+    @app.exception_handler(GanCompressError)
+    async def _gancompress(request: Request, exc: GanCompressError) -> JSONResponse:
+        if exc.status >= 500:
+            log.error("http.error code=%s detail=%s", exc.code, exc.detail)
+        return _from_error(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in exc.errors()
+        ]
+        detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
+        return problem(
+            422, "validation_error", "Request validation failed", detail, request.url.path, errors=errors
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code, title = _STATUS_CODES.get(exc.status_code, ("http_error", "HTTP error"))
+        detail = exc.detail if isinstance(exc.detail, str) else title
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no route {request.method} {request.url.path}"
+        return problem(exc.status_code, code, title, detail, request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("http.unhandled path=%s", request.url.path)
+        return problem(500, "internal_error", "Internal error", "unexpected server error", request.url.path)

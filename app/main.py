@@ -1,0 +1,58 @@
+"""``create_app()``: the FastAPI application (torch-free; uploaded models are never loaded here).
+
+Run with ``uvicorn app.main:create_app --factory`` or ``gancompress serve``.
+To add a router (e.g. the web UI), append it to ``ROUTERS``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from app.api import health, jobs, uploads
+from app.errors import install_error_handlers
+from app.services import Services
+from app.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+ROUTERS: list[APIRouter] = [health.router, uploads.router, jobs.router]
+
+DESCRIPTION = """Compress trained GAN generators: upload a TorchScript or ONNX generator, prune it,
+distill it against the original, and download a small ONNX model with a report.
+
+Every error is RFC 9457 `application/problem+json` with a stable `code`."""
+
+
+def create_app(settings: Settings | None = None, routers: list[APIRouter] | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    svc = Services.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not svc.keys.enabled:
+            log.warning(
+                "auth.disabled detail=no API keys are configured (GANCOMPRESS_API_KEYS): "
+                "anyone who reaches this port can use the service"
+            )
+        log.info("api.started storage=%s queue=%s", settings.storage_url, settings.queue)
+        yield
+        svc.redis.close()
+
+    app = FastAPI(
+        title="gancompress",
+        version="1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.services = svc
+    app.middleware("http")(svc.metrics.middleware)
+    install_error_handlers(app)
+    for router in ROUTERS + (routers or []):
+        app.include_router(router)
+    return app

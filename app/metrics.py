@@ -1,0 +1,113 @@
+"""Prometheus metrics: request latency (measured in the API), and jobs by state, queue depth and
+stage durations (read from Redis at scrape time, so every API replica reports the same numbers and
+the workers, which run the stages, need no HTTP endpoint of their own).
+
+Workers record a stage's duration with ``record_stage_duration`` into cumulative bucket counters
+(``P metrics:stage:<stage>``), which the collector turns into a histogram.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from redis import Redis
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+
+if TYPE_CHECKING:
+    from app.jobs import JobStore
+    from app.queue import JobQueue
+
+log = logging.getLogger(__name__)
+
+STAGE_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+
+
+def _fmt(b: float) -> str:
+    return "+Inf" if b == float("inf") else repr(float(b))
+
+
+def record_stage_duration(redis: Redis, prefix: str, stage: str, seconds: float) -> None:
+    """Add one observation of ``stage`` lasting ``seconds`` (called by workers)."""
+    key = f"{prefix}metrics:stage:{stage}"
+    with redis.pipeline(transaction=True) as p:
+        p.sadd(f"{prefix}metrics:stages", stage)
+        p.hincrbyfloat(key, "sum", seconds)
+        p.hincrby(key, "count", 1)
+        for b in (*STAGE_BUCKETS, float("inf")):
+            if seconds <= b:
+                p.hincrby(key, _fmt(b), 1)
+        p.execute()
+
+
+class _RedisCollector(Collector):
+    def __init__(self, jobs: JobStore, queue: JobQueue) -> None:
+        self.jobs = jobs
+        self.queue = queue
+
+    def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
+        try:
+            counts = self.jobs.count_by_state()
+            depth = self.queue.depth()
+            stages = self._stage_histograms()
+        except RedisError as e:
+            log.warning("metrics.redis_unavailable error=%s", e)
+            return
+        g = GaugeMetricFamily("gancompress_jobs", "Jobs by state.", labels=["state"])
+        for state, n in counts.items():
+            g.add_metric([str(state)], n)
+        yield g
+        yield GaugeMetricFamily("gancompress_queue_depth", "Messages waiting in the job queue.", value=depth)
+        h = HistogramMetricFamily(
+            "gancompress_stage_duration_seconds", "Duration of engine stages.", labels=["stage"]
+        )
+        for stage, (buckets, total) in sorted(stages.items()):
+            h.add_metric([stage], buckets, total)
+        yield h
+
+    def _stage_histograms(self) -> dict[str, tuple[list[tuple[str, float]], float]]:
+        r, prefix = self.jobs.r, self.jobs.prefix
+        out: dict[str, tuple[list[tuple[str, float]], float]] = {}
+        for stage in sorted(r.smembers(f"{prefix}metrics:stages")):
+            raw = r.hgetall(f"{prefix}metrics:stage:{stage}")
+            buckets = [(_fmt(b), float(raw.get(_fmt(b), 0))) for b in (*STAGE_BUCKETS, float("inf"))]
+            out[stage] = (buckets, float(raw.get("sum", 0.0)))
+        return out
+
+
+class Metrics:
+    """The API's metrics (a registry per app, so tests can build several apps)."""
+
+    def __init__(self, jobs: JobStore, queue: JobQueue) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "gancompress_http_request_duration_seconds",
+            "HTTP request latency.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.registry.register(_RedisCollector(jobs, queue))
+
+    async def middleware(
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.latency.labels(request.method, path, str(status)).observe(time.perf_counter() - start)
+
+    def render(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

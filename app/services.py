@@ -1,0 +1,48 @@
+"""The objects one API process shares (built once per app from its settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis import Redis
+
+from app.auth import ApiKeys
+from app.jobs import JobStore
+from app.metrics import Metrics
+from app.queue import JobQueue
+from app.redis_client import redis_from_settings
+from app.settings import Settings
+from app.storage import ArtifactStore, store_from_settings
+from app.submit import JobSubmitter
+from app.uploads import UploadRegistry
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: Redis
+    store: ArtifactStore
+    jobs: JobStore
+    uploads: UploadRegistry
+    queue: JobQueue
+    submitter: JobSubmitter
+    keys: ApiKeys
+    metrics: Metrics
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        redis = redis_from_settings(settings)
+        store = store_from_settings(settings)
+        jobs = JobStore(redis, settings.redis_prefix)
+        queue = JobQueue(settings, redis)
+        return cls(
+            settings=settings,
+            redis=redis,
+            store=store,
+            jobs=jobs,
+            uploads=UploadRegistry(redis, settings.redis_prefix, store),
+            queue=queue,
+            submitter=JobSubmitter(settings, redis, jobs, queue),
+            keys=ApiKeys(settings.keys()),
+            metrics=Metrics(jobs, queue),
+        )

@@ -1,0 +1,238 @@
+"""Decide what an uploaded file is from its content, never from its name (torch-free).
+
+- Model: a zip (``PK\\x03\\x04``) with TorchScript's layout (``<dir>/data.pkl`` plus
+  ``<dir>/constants.pkl`` or ``<dir>/code/``) is TorchScript; otherwise an ONNX ``ModelProto`` that
+  parses, has a graph with nodes and keeps no tensor in external files is ONNX; anything else is
+  ``415 unsupported_format``. A file that starts like one of them but is cut short is
+  ``422 corrupt_model``. The ONNX graph's inputs (names, shapes, dtypes) are returned.
+- Calibration: ``.npy`` (magic ``\\x93NUMPY``), ``.npz`` (a zip of ``.npy``) or a zip of images.
+
+Nothing here executes or unpickles the upload: zips are only listed, ``.npy`` headers only parsed,
+ONNX only decoded as protobuf (after the upload's size was checked).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from app.errors import ExternalDataError
+from worker.errors import BadCalibrationError, CorruptModelError, UnsupportedFormatError
+from worker.spec import ModelFormat
+
+ZIP_MAGIC = b"PK\x03\x04"
+NPY_MAGIC = b"\x93NUMPY"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+MAX_ZIP_ENTRIES = 100_000
+MAX_EXPANSION = 20  # a zip that claims to unpack to more than 20x its size is refused
+
+
+class InputInfo(BaseModel):
+    """One graph input of an uploaded ONNX model."""
+
+    name: str
+    shape: list[int | str | None] = Field(description="Dims: an int, a symbolic name, or null.")
+    dtype: str
+
+
+class ModelInfo(BaseModel):
+    format: ModelFormat
+    inputs: list[InputInfo] | None = None
+
+
+class CalibrationInfo(BaseModel):
+    format: str = Field(description="npy | npz | zip")
+    arrays: dict[str, list[int]] | None = Field(None, description="npy/npz: array name -> shape.")
+    images: int | None = Field(None, description="zip: number of image files.")
+
+
+def sniff_model(path: Path) -> ModelInfo:
+    """Identify an uploaded model file; raises UnsupportedFormatError / CorruptModelError /
+    ExternalDataError."""
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    if not head:
+        raise UnsupportedFormatError("the file is empty")
+    if head.startswith(ZIP_MAGIC):
+        _check_torchscript(path)
+        return ModelInfo(format=ModelFormat.TORCHSCRIPT)
+    return ModelInfo(format=ModelFormat.ONNX, inputs=_inspect_onnx(path, head))
+
+
+def _open_zip(path: Path, error: type[Exception], what: str) -> zipfile.ZipFile:
+    try:
+        zf = zipfile.ZipFile(path)
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as e:
+        raise error(f"{what} is a damaged or truncated zip: {e}") from e
+    if len(infos) > MAX_ZIP_ENTRIES:
+        raise error(f"{what} has too many entries ({len(infos)})")
+    size = path.stat().st_size
+    if sum(i.file_size for i in infos) > MAX_EXPANSION * max(size, 1024 * 1024):
+        raise error(f"{what} expands to far more than its size (a zip bomb?)")
+    return zf
+
+
+def _check_torchscript(path: Path) -> None:
+    with _open_zip(path, CorruptModelError, "the TorchScript archive") as zf:
+        names = zf.namelist()
+    tops = {n.split("/", 1)[0] for n in names if "/" in n}
+    for top in tops:
+        has_data = f"{top}/data.pkl" in names
+        has_code = f"{top}/constants.pkl" in names or any(n.startswith(f"{top}/code/") for n in names)
+        if has_data and has_code:
+            return
+        if has_data:
+            raise UnsupportedFormatError(
+                "this zip is a torch.save() checkpoint, not TorchScript: export the generator with "
+                "torch.jit.script/trace and torch.jit.save, or as ONNX"
+            )
+    raise UnsupportedFormatError(
+        "a zip file but not a TorchScript archive (no data.pkl + code/ or constants.pkl); "
+        "supported formats: TorchScript (.pt from torch.jit.save) and ONNX"
+    )
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    """ModelProto starts with field 1 (ir_version, varint) in every writer we know of."""
+    return len(head) >= 2 and head[0] == 0x08 and 1 <= head[1] <= 20
+
+
+def _inspect_onnx(path: Path, head: bytes) -> list[InputInfo]:
+    import onnx  # protobuf only; never onnxruntime in the API
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError, UnicodeDecodeError) as e:
+        if _looks_like_onnx(head):
+            raise CorruptModelError(f"the ONNX file cannot be decoded (truncated?): {e}") from e
+        raise UnsupportedFormatError(
+            "neither a TorchScript archive nor an ONNX model; supported formats: "
+            "TorchScript (.pt from torch.jit.save) and ONNX"
+        ) from e
+    if model.ir_version <= 0 or not model.graph.node or not model.graph.output:
+        if _looks_like_onnx(head):
+            raise CorruptModelError("the ONNX model has no graph (no nodes or no outputs)")
+        raise UnsupportedFormatError(
+            "neither a TorchScript archive nor an ONNX model; supported formats: "
+            "TorchScript (.pt from torch.jit.save) and ONNX"
+        )
+    external = _external_tensors(model.graph)
+    if external:
+        raise ExternalDataError(
+            f"{len(external)} tensor(s) (e.g. {external[0]!r}) are stored in external files; "
+            "save the model as one file (onnx.save(model, path, save_as_external_data=False))",
+            tensors=external[:20],
+        )
+    return _inputs(model.graph)
+
+
+def _external_tensors(graph: Any) -> list[str]:
+    """Names of tensors in ``graph`` and its subgraphs that use external data."""
+    import onnx
+
+    found: list[str] = []
+
+    def tensors(t: Any) -> None:
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+            found.append(t.name or "(unnamed)")
+
+    def walk(g: Any) -> None:
+        for t in g.initializer:
+            tensors(t)
+        for st in g.sparse_initializer:
+            tensors(st.values)
+            tensors(st.indices)
+        for node in g.node:
+            for a in node.attribute:
+                if a.HasField("t"):
+                    tensors(a.t)
+                for t in a.tensors:
+                    tensors(t)
+                if a.HasField("g"):
+                    walk(a.g)
+                for sg in a.graphs:
+                    walk(sg)
+
+    walk(graph)
+    return found
+
+
+def _inputs(graph: Any) -> list[InputInfo]:
+    import onnx
+
+    init = {t.name for t in graph.initializer}
+    out: list[InputInfo] = []
+    for vi in graph.input:
+        if vi.name in init:
+            continue
+        tt = vi.type.tensor_type
+        dims: list[int | str | None] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name
+        except (KeyError, ValueError, TypeError):
+            dtype = onnx.TensorProto.DataType.Name(tt.elem_type).lower()
+        out.append(InputInfo(name=vi.name, shape=dims, dtype=dtype))
+    return out
+
+
+def sniff_calibration(path: Path) -> CalibrationInfo:
+    """Identify a calibration upload; raises BadCalibrationError."""
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        if head.startswith(NPY_MAGIC):
+            fh.seek(0)
+            shape = _npy_header(fh, "the .npy file")
+            return CalibrationInfo(format="npy", arrays={"arr_0": shape})
+    if not head.startswith(ZIP_MAGIC):
+        raise BadCalibrationError(
+            "calibration must be a .npy array, an .npz archive or a .zip of images (PNG/JPEG/...)"
+        )
+    with _open_zip(path, BadCalibrationError, "the calibration archive") as zf:
+        files = [i for i in zf.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX/")]
+        npys = [i for i in files if i.filename.endswith(".npy")]
+        images = [i for i in files if i.filename.lower().endswith(IMAGE_SUFFIXES)]
+        if npys and len(npys) == len(files):
+            arrays: dict[str, list[int]] = {}
+            for info in npys:
+                with zf.open(info) as fh:
+                    arrays[info.filename[: -len(".npy")]] = _npy_header(fh, info.filename)
+            return CalibrationInfo(format="npz", arrays=arrays)
+        if not images:
+            raise BadCalibrationError("the zip holds no images (.png, .jpg, .jpeg, .bmp, .webp, .tif)")
+        return CalibrationInfo(format="zip", images=len(images))
+
+
+def _npy_header(fh: Any, what: str) -> list[int]:
+    import numpy as np
+
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, OSError, SyntaxError, EOFError) as e:
+        raise BadCalibrationError(f"{what} is not a valid .npy array: {e}") from e
+    if dtype.hasobject:
+        raise BadCalibrationError(f"{what} holds Python objects; calibration arrays must be numeric")
+    if dtype.kind not in "biuf":
+        raise BadCalibrationError(f"{what} has dtype {dtype}; calibration arrays must be numeric")
+    if len(shape) not in (3, 4) or not shape[0]:
+        raise BadCalibrationError(
+            f"{what} has shape {list(shape)}; expected images as [N, C, H, W], [N, H, W, C] or [N, H, W]"
+        )
+    return [int(s) for s in shape]

@@ -1,0 +1,136 @@
+"""Creating a job: validate everything at submit time (a bad spec is a 422 now, never a failed job
+later), honor ``Idempotency-Key``, write the record, enqueue by name."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+from redis import Redis
+
+from app.errors import IdempotencyConflictError, ServiceUnavailableError
+from app.jobs import JobRecord, JobState, JobStore, new_job_id
+from app.queue import JobQueue
+from app.settings import Settings
+from app.uploads import CalibrationRecord, ModelRecord
+from worker.errors import BadCalibrationError, BadSpecError, MissingInputSpecError
+from worker.spec import CompressionSpec, Distribution, ModelFormat
+from worker.spec_cli import validate_spec
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENCY_KEY_MAX = 200
+
+
+def check_spec(
+    spec_raw: Any, model: ModelRecord, calibration: dict[str, CalibrationRecord], settings: Settings
+) -> CompressionSpec:
+    """The spec, validated against the schema, the server limits, the model and the calibration
+    files. Raises BadSpecError / MissingInputSpecError / BadCalibrationError (all 422)."""
+    spec = validate_spec(spec_raw if spec_raw is not None else {})
+    if spec.distill.budget_seconds > settings.max_job_seconds:
+        raise BadSpecError(
+            f"distill.budget_seconds: {spec.distill.budget_seconds:g} is above this server's limit "
+            f"of {settings.max_job_seconds:g} s"
+        )
+    if model.format == ModelFormat.TORCHSCRIPT and not spec.inputs:
+        raise MissingInputSpecError(
+            'a TorchScript model needs an input spec, e.g. "inputs": {"z": {"shape": [1, 100, 1, 1]}}'
+        )
+    graph_inputs = [i.name for i in model.inputs] if model.inputs is not None else None
+    if spec.inputs and graph_inputs is not None:
+        unknown = sorted(set(spec.inputs) - set(graph_inputs))
+        if unknown:
+            raise BadSpecError(f"inputs: unknown input(s) {unknown}; the model's inputs: {graph_inputs}")
+    known = list(spec.inputs) if spec.inputs else graph_inputs
+    images = [n for n, s in (spec.inputs or {}).items() if s.distribution == Distribution.CALIBRATION]
+    for name in calibration:
+        if name == "":
+            if len(images) > 1:
+                raise BadCalibrationError(
+                    f"the model has several image inputs {images}: name each calibration file "
+                    "(field calibration.<input name>)"
+                )
+        elif known is not None and name not in known:
+            raise BadCalibrationError(f"calibration for unknown input {name!r}; the model's inputs: {known}")
+        elif spec.inputs and name not in images:
+            raise BadCalibrationError(
+                f"input {name!r} is sampled ({spec.inputs[name].distribution}), not from calibration "
+                "images; set its distribution to 'calibration'"
+            )
+    for name in images:
+        if name not in calibration and not ("" in calibration and len(images) == 1):
+            raise BadCalibrationError(f"input {name!r} takes calibration images: upload them")
+    return spec
+
+
+def fingerprint(model_id: str, calibration: dict[str, str], spec: dict[str, Any]) -> str:
+    body = json.dumps({"model": model_id, "calibration": calibration, "spec": spec}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+class JobSubmitter:
+    def __init__(self, settings: Settings, redis: Redis, jobs: JobStore, queue: JobQueue) -> None:
+        self.settings = settings
+        self.r = redis
+        self.jobs = jobs
+        self.queue = queue
+
+    def submit(
+        self,
+        owner: str,
+        model: ModelRecord,
+        spec: CompressionSpec,
+        calibration: dict[str, CalibrationRecord],
+        idempotency_key: str | None = None,
+    ) -> tuple[JobRecord, bool]:
+        """Create and enqueue a job; returns ``(job, created)``. With an ``Idempotency-Key`` seen
+        before (same owner, same request), returns the first job and ``created=False``."""
+        spec_json = spec.model_dump(mode="json")
+        cal_ids = {name: c.id for name, c in calibration.items()}
+        job_id = new_job_id()
+        if idempotency_key:
+            existing = self._claim_key(
+                owner, idempotency_key, job_id, fingerprint(model.id, cal_ids, spec_json)
+            )
+            if existing is not None:
+                return existing, False
+        job = self.jobs.create(
+            owner=owner,
+            model_id=model.id,
+            model_format=str(model.format),
+            spec=spec_json,
+            calibration=cal_ids,
+            job_id=job_id,
+        )
+        try:
+            self.queue.enqueue(job.id, spec.distill.budget_seconds)
+        except Exception as e:
+            log.exception("job.enqueue_failed job_id=%s", job.id)
+            err = {"code": "enqueue_failed", "detail": f"the job could not be queued: {e}"}
+            self.jobs.transition(job.id, JobState.FAILED, expected=JobState.QUEUED, error=err)
+            raise ServiceUnavailableError("the job queue is unavailable; retry later") from e
+        return job, True
+
+    def _claim_key(self, owner: str, key: str, job_id: str, fp: str) -> JobRecord | None:
+        if len(key) > IDEMPOTENCY_KEY_MAX:
+            raise BadSpecError(f"Idempotency-Key is longer than {IDEMPOTENCY_KEY_MAX} characters")
+        rkey = f"{self.settings.redis_prefix}idem:{owner}:{hashlib.sha256(key.encode()).hexdigest()}"
+        value = json.dumps({"job_id": job_id, "fingerprint": fp})
+        if self.r.set(rkey, value, nx=True, ex=self.settings.idempotency_ttl_seconds):
+            return None
+        first = json.loads(self.r.get(rkey) or "{}")
+        if first.get("fingerprint") != fp:
+            raise IdempotencyConflictError(
+                "this Idempotency-Key was used for a different request; use a new key for a new job"
+            )
+        for _ in range(50):  # the first request may still be writing its record
+            job = self.jobs.get(first["job_id"])
+            if job is not None:
+                log.info("job.idempotent_replay job_id=%s", job.id)
+                return job
+            time.sleep(0.1)
+        raise ServiceUnavailableError("the first request with this Idempotency-Key is still in progress")

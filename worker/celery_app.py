@@ -1,0 +1,81 @@
+"""Celery configuration (a thin edge): ``celery -A worker.celery_app worker``.
+
+Tasks are enqueued by name with the job id only (``compress.run``), JSON only, ``acks_late`` with
+prefetch 1, and a broker visibility timeout above the hard time limit of the longest job allowed,
+so a message is redelivered only when its worker really died. The job record in Redis, not the
+result backend, is the source of truth: results are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery, signals
+
+from app.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "compress.run"
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app for ``settings`` (the API uses it to send tasks, the worker to run them)."""
+    app = Celery("gancompress", broker=settings.redis_url, include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=False,  # a job that killed its worker is failed, not rerun
+        worker_prefetch_multiplier=1,
+        worker_concurrency=settings.worker_concurrency,
+        task_default_queue=settings.queue,
+        task_create_missing_queues=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout(),
+            "global_keyprefix": settings.redis_prefix,
+        },
+        worker_hijack_root_logger=True,
+        worker_send_task_events=False,
+        enable_utc=True,
+    )
+    app.conf.gancompress_settings = settings
+    return app
+
+
+celery_app = make_celery(get_settings())
+app = celery_app  # what `celery -A worker.celery_app` looks for
+
+
+class _Reaper(threading.Thread):
+    """Fails running jobs whose worker stopped sending heartbeats (it crashed or was killed)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="gancompress-reaper", daemon=True)
+        self.settings = settings
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from app.jobs import JobStore
+        from app.redis_client import redis_from_settings
+
+        jobs = JobStore(redis_from_settings(self.settings), self.settings.redis_prefix)
+        interval = max(1.0, min(30.0, self.settings.heartbeat_timeout_seconds / 4))
+        while not self.stop.wait(interval):
+            try:
+                jobs.fail_stale(self.settings.heartbeat_timeout_seconds)
+            except Exception:
+                log.exception("reaper.error")
+
+
+@signals.worker_ready.connect
+def _start_reaper(sender: Any = None, **_: Any) -> None:
+    settings = sender.app.conf.get("gancompress_settings") if sender is not None else None
+    _Reaper(settings or get_settings()).start()
+    log.info("worker.ready queue=%s", (settings or get_settings()).queue)

@@ -242,7 +242,7 @@ def run(
     out.returncode = proc.returncode
     if proc.returncode is not None and proc.returncode < 0:
         out.signal = -proc.returncode
-    _classify(out, limits)
+    _classify(out, limits, _tail(log_path) if not out.ok else "")
     log.info(
         "sandbox.finished pid=%d rc=%s signal=%s error=%s",
         proc.pid,
@@ -280,7 +280,7 @@ def _handle_line(
             log.exception("sandbox.on_event_failed")
 
 
-def _classify(out: Outcome, limits: Limits) -> None:
+def _classify(out: Outcome, limits: Limits, log_tail: str = "") -> None:
     """Turn how the child ended into ``out.error`` (None on success)."""
     if out.canceled:
         out.error = {"code": "canceled", "detail": "canceled by request"}
@@ -311,6 +311,20 @@ def _classify(out: Outcome, limits: Limits) -> None:
                 "detail": f"the job ran out of memory (limit {_fmt_bytes(limits.memory_bytes)}): "
                 + out.error["detail"][:500],
             }
+        elif out.error["code"] == "internal_error" and "file too large" in detail:
+            out.error = {"code": ResourceLimitError.code, "detail": "the job exceeded its file size limit"}
+        return
+    if _log_says_out_of_memory(log_tail):
+        out.error = {
+            "code": ResourceLimitError.code,
+            "detail": f"the job ran out of memory (limit {_fmt_bytes(limits.memory_bytes)})",
+        }
+        return
+    if "file too large" in log_tail.lower():  # Python ignores SIGXFSZ: the write fails with EFBIG
+        out.error = {
+            "code": ResourceLimitError.code,
+            "detail": "the job stopped: it exceeded its file size limit",
+        }
         return
     if sig is not None:
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
@@ -324,6 +338,20 @@ def _classify(out: Outcome, limits: Limits) -> None:
         "code": SandboxCrashedError.code,
         "detail": f"the compression process exited with code {out.returncode} without a result",
     }
+
+
+def _tail(path: Path, n: int = 8192) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(0, path.stat().st_size - n))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _log_says_out_of_memory(tail: str) -> bool:
+    low = tail.lower()
+    return "memoryerror" in low or any(m in low for m in MEMORY_MARKERS)
 
 
 def _fmt_bytes(n: int | None) -> str:

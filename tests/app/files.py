@@ -1,0 +1,76 @@
+"""Tiny model and calibration files for the service tests, built without torch."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+
+import numpy as np
+
+
+def onnx_bytes(
+    *,
+    name: str = "z",
+    shape: tuple[int, ...] = (1, 8, 4, 4),
+    external: bool = False,
+    op: str = "ConvTranspose",
+) -> bytes:
+    """A tiny generator graph: ``z -> ConvTranspose -> Tanh -> img`` (opset 17)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((shape[1], 3, 4, 4)).astype(np.float32), "w")
+    if external:
+        w.ClearField("raw_data")
+        w.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", "weights.bin"), ("offset", "0"), ("length", "1536")):
+            entry = w.external_data.add()
+            entry.key, entry.value = k, v
+    attrs = {"strides": [2, 2], "pads": [1, 1, 1, 1]} if op == "ConvTranspose" else {}
+    nodes = [
+        helper.make_node(op, [name, "w"], ["h"], **attrs),
+        helper.make_node("Tanh", ["h"], ["img"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("img", TensorProto.FLOAT, None)],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def torchscript_zip(*, layout: str = "torchscript", garbage: bool = False) -> bytes:
+    """A zip with TorchScript's layout (``layout='checkpoint'``: a torch.save() zip instead)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        payload = os.urandom(256) if garbage else b"\x80\x02}q\x00."
+        zf.writestr("archive/data.pkl", payload)
+        zf.writestr("archive/version", "3\n")
+        if layout == "torchscript":
+            zf.writestr("archive/constants.pkl", payload)
+            zf.writestr("archive/code/__torch__.py", "garbage" if garbage else "class G: pass\n")
+        zf.writestr("archive/data/0", os.urandom(64))
+    return buf.getvalue()
+
+
+def npy_bytes(shape: tuple[int, ...] = (4, 3, 8, 8), dtype: str = "float32") -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(shape, dtype=dtype), allow_pickle=False)
+    return buf.getvalue()
+
+
+def image_zip(n: int = 3) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(n):
+            img = io.BytesIO()
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(img, format="PNG")
+            zf.writestr(f"imgs/{i}.png", img.getvalue())
+    return buf.getvalue()

@@ -14,6 +14,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 REPORT_SCHEMA_VERSION = "1.0"
+# Beyond this per-layer ratio Torch-Pruning skips groups that would keep too few channels, so
+# MACs stop falling (measured on the zoo); channel pruning is capped here.
+MAX_CHANNEL_RATIO = 0.8
 
 
 class PruneMethod(StrEnum):
@@ -142,6 +145,8 @@ class PruneSpec(_Strict):
             raise ValueError("target_macs applies to method 'channel' only")
         if self.blocks is not None and self.method != PruneMethod.BLOCK:
             raise ValueError("blocks applies to method 'block' only")
+        if self.method == PruneMethod.CHANNEL and self.ratio is not None and self.ratio > MAX_CHANNEL_RATIO:
+            raise ValueError(f"channel pruning ratio must be at most {MAX_CHANNEL_RATIO}")
         if self.ratio is None and self.target_macs is None and self.blocks is None:
             raise ValueError("give ratio, target_macs (channel) or blocks (block)")
         return self

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.engine import tiny
+
+
+@pytest.fixture(autouse=True)
+def _quiet_and_seeded() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """family -> ONNX file (opset 17, TorchScript exporter) of a tiny generator."""
+    d = tmp_path_factory.mktemp("tiny")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {name: tiny.export(name, d / f"{name}.onnx") for name in tiny.FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_ts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("tiny_ts")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {name: tiny.export(name, d / f"{name}.pt", fmt="torchscript") for name in tiny.FAMILIES}

@@ -1,0 +1,178 @@
+"""Channel, unstructured and block pruning on converted tiny generators."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from worker.engine import blocks
+from worker.engine.importers import import_model
+from worker.engine.prune import (
+    CRITERIA,
+    apply_masks,
+    count_macs,
+    magnitude_masks,
+    make_pruner,
+    plan_channel_pruning,
+    prunable_layers,
+    ratio_for_target_macs,
+    sparsity_of,
+)
+from worker.engine.sampling import example_batch
+from worker.errors import PruningError
+from worker.spec import Criterion, PruneSpec
+
+
+def _load(path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    im = import_model(path, None)
+    return im.module, example_batch(im.inputs, batch=2, seed=0)
+
+
+def _one(example: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v[:1] for k, v in example.items()}
+
+
+def test_every_criterion_has_an_implementation() -> None:
+    assert set(CRITERIA) == set(Criterion)
+
+
+@pytest.mark.parametrize("crit", list(Criterion))
+@pytest.mark.parametrize("family", ["resnet", "sr"])
+def test_channel_pruning_shrinks_and_keeps_output_shape(
+    crit: Criterion, family: str, tiny_onnx: dict[str, Path]
+) -> None:
+    model, ex = _load(tiny_onnx[family])
+    before_shape = model(*ex.values()).shape
+    before = count_macs(model, _one(ex))
+    spec = PruneSpec(ratio=0.5, criterion=crit)
+    plan = plan_channel_pruning(model, ex, spec)
+    pruner = make_pruner(model, ex, spec, plan, 0.5)
+    if crit == Criterion.TAYLOR:
+        model(*ex.values()).abs().mean().backward()
+    pruner.step()
+    plan.record_after(model)
+    after = count_macs(model, _one(ex))
+    assert model(*ex.values()).shape == before_shape
+    assert after < 0.75 * before, f"{crit}: MACs {before} -> {after}"
+    pruned = [r for r in plan.layers.values() if r.pruned]
+    assert pruned and all(r.channels_after == r.channels_before // 2 for r in pruned)
+
+
+def test_resnet_at_half_ratio_quarter_macs_in_the_body(tiny_onnx: dict[str, Path]) -> None:
+    """Both in and out channels halve inside the body: its MACs drop to about a quarter."""
+    model, ex = _load(tiny_onnx["resnet"])
+    before = count_macs(model, _one(ex))
+    spec = PruneSpec(ratio=0.5)
+    plan = plan_channel_pruning(model, ex, spec)
+    make_pruner(model, ex, spec, plan, 0.5).step()
+    after = count_macs(model, _one(ex))
+    # the 7x7 output conv keeps its 3 output channels, so the total is a bit above 1/4
+    assert 0.25 <= after / before < 0.40
+
+
+def test_output_and_pixelshuffle_producers_are_left_whole(tiny_onnx: dict[str, Path]) -> None:
+    model, ex = _load(tiny_onnx["sr"])
+    plan = plan_channel_pruning(model, ex, PruneSpec(ratio=0.5))
+    reasons = {n: r for n, r in plan.kept.items()}
+    assert any("model output" in r for r in reasons.values())
+    assert any("PixelShuffle" in r for r in reasons.values())
+    spec = PruneSpec(ratio=0.5)
+    make_pruner(model, ex, spec, plan, 0.5).step()
+    plan.record_after(model)
+    for name in plan.kept:
+        rec = plan.layers[name]
+        assert rec.channels_after == rec.channels_before and not rec.pruned
+
+
+def test_reshape_coupled_linear_is_left_whole(tiny_onnx: dict[str, Path]) -> None:
+    model, ex = _load(tiny_onnx["dcgan"])
+    plan = plan_channel_pruning(model, ex, PruneSpec(ratio=0.5))
+    linear = [n for n, m in prunable_layers(model).items() if isinstance(m, nn.Linear)]
+    assert linear and all("reshape" in plan.kept[n] for n in linear)
+
+
+def test_ignore_patterns(tiny_onnx: dict[str, Path]) -> None:
+    model, ex = _load(tiny_onnx["resnet"])
+    plan = plan_channel_pruning(model, ex, PruneSpec(ratio=0.5, ignore=["*7*"]))
+    assert any("ignore pattern" in r for r in plan.kept.values())
+
+
+def test_global_ranking_runs(tiny_onnx: dict[str, Path]) -> None:
+    model, ex = _load(tiny_onnx["sr"])
+    spec = PruneSpec(ratio=0.3, global_ranking=True)
+    plan = plan_channel_pruning(model, ex, spec)
+    before = count_macs(model, _one(ex))
+    make_pruner(model, ex, spec, plan, 0.3).step()
+    assert count_macs(model, _one(ex)) < before
+
+
+def test_target_macs_within_five_percent(tiny_onnx: dict[str, Path]) -> None:
+    """The bisection finds a ratio whose MACs are within 5% of a reachable target (channel
+    counts are discrete: the target is what some ratio gives, shifted by 2%)."""
+    model, ex = _load(tiny_onnx["resnet"])
+    spec = PruneSpec(ratio=None, target_macs=1)
+    plan = plan_channel_pruning(model, ex, spec)
+    probe = copy.deepcopy(model)
+    make_pruner(probe, ex, spec, plan, 0.3).step()
+    target = int(count_macs(probe, _one(ex)) * 1.02)
+    ratio, _ = ratio_for_target_macs(model, ex, spec, plan, target)
+    make_pruner(model, ex, spec, plan, ratio).step()
+    got = count_macs(model, _one(ex))
+    assert abs(got - target) <= 0.05 * target, (got, target)
+
+
+def test_target_macs_out_of_reach(tiny_onnx: dict[str, Path]) -> None:
+    model, ex = _load(tiny_onnx["resnet"])
+    spec = PruneSpec(ratio=None, target_macs=10)
+    plan = plan_channel_pruning(model, ex, spec)
+    with pytest.raises(PruningError, match="out of reach"):
+        ratio_for_target_macs(model, ex, spec, plan, 10)
+
+
+def test_count_macs_conv_transpose_by_hand() -> None:
+    """ConvTranspose2d(8->4, k4, s2): each input pixel scatters a k*k*Cout patch per Cin."""
+    layer = nn.ConvTranspose2d(8, 4, 4, 2, 1)
+    x = torch.randn(1, 8, 5, 5)
+    assert count_macs(layer, {"x": x}) == 8 * 5 * 5 * 4 * 4 * 4
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.7])
+def test_unstructured_masks_reach_sparsity(sparsity: float, tiny_onnx: dict[str, Path]) -> None:
+    model, ex = _load(tiny_onnx["resnet"])
+    masks = magnitude_masks(model, sparsity)
+    apply_masks(model, masks)
+    assert abs(sparsity_of(model) - sparsity) < 0.01
+    assert model(*ex.values()).shape == (2, 3, 16, 16)
+
+
+def test_blocks_found_scored_and_removed(tiny_onnx: dict[str, Path]) -> None:
+    model, ex = _load(tiny_onnx["resnet"])
+    found = blocks.find_blocks(model)
+    assert len(found) == 2 and all(len(b.layers) == 2 for b in found)
+    blocks.score_blocks(model, found, ex)
+    assert all(b.importance > 0 for b in found)
+    chosen = blocks.choose_blocks(found, ratio=0.5, count=None)
+    assert len(chosen) == 1 and chosen[0].importance == min(b.importance for b in found)
+    before = count_macs(model, _one(ex))
+    n_layers = len(prunable_layers(model))
+    blocks.remove_blocks(model, [chosen[0].add])
+    assert len(prunable_layers(model)) == n_layers - 2
+    assert count_macs(model, _one(ex)) < before
+    assert model(*ex.values()).shape == (2, 3, 16, 16)
+
+
+def test_sr_long_skip_is_not_a_block(tiny_onnx: dict[str, Path]) -> None:
+    """Only innermost blocks: the long skip around the whole body must not be offered."""
+    model, _ = _load(tiny_onnx["sr"])
+    found = blocks.find_blocks(model)
+    assert len(found) == 2
+
+
+def test_no_blocks_is_a_clear_error(tiny_onnx: dict[str, Path]) -> None:
+    model, _ = _load(tiny_onnx["dcgan"])
+    with pytest.raises(PruningError, match="no removable residual block"):
+        blocks.choose_blocks(blocks.find_blocks(model), 0.5, None)

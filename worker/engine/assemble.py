@@ -1,0 +1,291 @@
+"""Measure, evaluate and write the report of a finished pipeline run.
+
+Every figure is measured on the exported ONNX files (teacher: the uploaded graph after the same
+onnxslim cleanup; student: the shipped model.onnx), in ONNX Runtime, outside torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from worker.engine import measure, quality
+from worker.engine import report as rep
+from worker.engine.export import ort_run
+from worker.engine.pipeline import PipelineResult
+from worker.report_schema import (
+    Absent,
+    CurvePoint,
+    DistillationSection,
+    ExportSection,
+    Figure,
+    InputInfo,
+    KeptLayer,
+    LayerRow,
+    PruningSection,
+    Report,
+    TensorInfo,
+)
+from worker.spec import Distribution, Progress, PruneMethod, Stage
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUDGET_SECONDS = 20.0
+LATENCY_RUNS = 100
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tensors(values: Any, inits: set[str]) -> list[TensorInfo]:
+    out = []
+    for vi in values:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims: list[int | str] = [
+            d.dim_param or d.dim_value if d.dim_param else d.dim_value for d in tt.shape.dim
+        ]
+        out.append(
+            TensorInfo(
+                name=vi.name, shape=dims, dtype=onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name
+            )
+        )
+    return out
+
+
+def input_info(r: PipelineResult) -> InputInfo:
+    g = r.imported.onnx_model.graph
+    inits = {i.name for i in g.initializer}
+    return InputInfo(
+        file_name=r.model_path.name,
+        format=r.imported.format,
+        sha256=_sha256(r.model_path),
+        bytes=r.model_path.stat().st_size,
+        inputs=_tensors(g.input, inits),
+        outputs=_tensors(g.output, inits),
+    )
+
+
+def pruning_section(r: PipelineResult) -> PruningSection:
+    p = r.prune
+    notes = list(p.notes) + list(r.imported.notes)
+    layers: list[LayerRow] = []
+    kept: list[KeptLayer] = []
+    if p.method == PruneMethod.CHANNEL and p.plan is not None:
+        recs = list(p.plan.layers.values())
+        layers = [
+            LayerRow(
+                name=x.name,
+                kind=x.kind,
+                channels_before=x.channels_before,
+                channels_after=x.channels_after,
+                pruned=x.pruned,
+                reason_kept=x.reason_kept,
+            )
+            for x in recs
+        ]
+        kept = [KeptLayer(name=n, reason=why) for n, why in p.plan.kept.items()]
+        before = sum(x.channels_before for x in recs)
+        achieved = 1 - sum(x.channels_after for x in recs) / before if before else 0.0
+        how = "fraction of output channels removed over all convolution / linear layers"
+        if p.target_macs is not None:
+            off = abs(p.macs_after - p.target_macs) / p.target_macs
+            notes.append(
+                f"target_macs {p.target_macs:,}: bisection chose ratio {p.ratio_used:.3f}, giving "
+                f"{p.macs_after:,} MACs ({off:.1%} from the target)"
+            )
+    elif p.method == PruneMethod.UNSTRUCTURED:
+        achieved, how = (
+            float(p.sparsity or 0.0),
+            "fraction of convolution / linear weights that are exactly zero",
+        )
+    else:
+        achieved = len(p.removed_blocks) / max(1, len(p.candidate_blocks))
+        how = "fraction of removable residual blocks removed"
+        for b in p.candidate_blocks:
+            gone = b in p.removed_blocks
+            notes.append(
+                f"block {b.add} ({', '.join(b.layers)}): residual/skip magnitude {b.importance:.3f} -> "
+                + ("removed" if gone else "kept")
+            )
+    return PruningSection(
+        method=p.method.value,
+        criterion=r.spec.prune.criterion.value if p.method == PruneMethod.CHANNEL else None,
+        ratio_asked=p.ratio_asked,
+        target_macs=p.target_macs,
+        achieved_ratio=Figure(value=achieved, unit="fraction", how=how),
+        layers=layers,
+        kept_whole=kept,
+        notes=notes,
+        how_measured=f"MACs of the torch model at batch 1 (torch.utils.flop_counter): {p.macs_before:,} -> {p.macs_after:,}",
+    )
+
+
+def distillation_section(r: PipelineResult, metric: str) -> DistillationSection:
+    d = r.spec.distill
+    curve = [
+        CurvePoint(
+            step=int(c["step"]),
+            loss=None if math.isnan(c["loss"]) else c["loss"],
+            heldout_score=c["heldout_score"],
+            seconds=c["seconds"],
+        )
+        for rnd in r.distill_rounds
+        for c in rnd.curve
+    ]
+    last = r.distill_rounds[-1] if r.distill_rounds else None
+    steps = sum(x.steps for x in r.distill_rounds)
+    seconds = sum(x.seconds for x in r.distill_rounds)
+    notes = []
+    if len(r.distill_rounds) > 1:
+        notes.append(f"{len(r.distill_rounds)} rounds: pruning and distillation alternated (iterative_steps)")
+    if last is not None and last.samples_per_second:
+        notes.append(f"throughput {steps * d.batch_size / max(seconds, 1e-9):.1f} samples/s")
+    return DistillationSection(
+        steps=steps,
+        steps_asked=d.steps,
+        seconds=Figure(value=seconds, unit="s", how="wall clock of the training loop, evaluation included"),
+        batch_size=d.batch_size,
+        losses={str(k): float(v) for k, v in d.losses.items()},
+        curve=curve,
+        best_step=last.best_step if last else None,
+        heldout_metric=metric,
+        stopped_by=last.stopped_by if last else None,
+        quality_after_pruning={metric: r.score_after_prune},
+        quality_after_distillation={metric: r.score_after_distill},
+        notes=notes,
+        how_measured=(
+            "Teacher frozen; student trained with Adam and cosine-decayed learning rate on the weighted losses; "
+            f"every few steps scored on {len(next(iter(r.heldout.values())))} held-out inputs never trained on; "
+            "the best-scoring weights are kept."
+        ),
+    )
+
+
+def export_section(r: PipelineResult) -> ExportSection:
+    e = r.export
+    return ExportSection(
+        opset=e.opset,
+        quantize=e.quantize.value,
+        parity_max_abs_diff=Figure(
+            value=e.parity_max_abs_diff,
+            unit="output units",
+            how="max |ONNX Runtime - torch| of the float student on 4 held-out inputs",
+        ),
+        quantized_max_abs_diff=(
+            Figure(
+                value=e.quantized_max_abs_diff,
+                unit="output units",
+                how="max |quantized - float| ONNX student on 4 held-out inputs",
+            )
+            if e.quantized_max_abs_diff is not None
+            else None
+        ),
+        nodes_before_cleanup=e.nodes_before_cleanup,
+        nodes_after_cleanup=e.nodes_after_cleanup,
+        notes=e.notes,
+        how_measured="torch.onnx.export (TorchScript exporter), dynamic batch axis, onnxslim, onnx.checker (full)",
+    )
+
+
+def _heldout_inputs_text(r: PipelineResult, n: int) -> str:
+    parts = []
+    for name, s in r.imported.inputs.items():
+        if s.distribution == Distribution.CALIBRATION:
+            parts.append(f"{name}: held-out calibration images (centre crops)")
+        elif s.distribution == Distribution.RANDINT:
+            parts.append(f"{name}: integers in [{int(s.low)}, {int(s.high)})")
+        else:
+            parts.append(f"{name}: {s.distribution.value} samples")
+    return f"{n} samples, seed {r.spec.seed} + 1000003; " + "; ".join(parts)
+
+
+def write_all(r: PipelineResult, out_dir: Path, emit: Callable[[Progress], None]) -> dict[str, Any]:
+    warnings: list[str] = list(r.warnings)
+    feeds_all = {k: v.numpy() for k, v in r.heldout.items()}
+    one = {k: v[:1] for k, v in feeds_all.items()}
+    shapes = {k: list(v.shape) for k, v in one.items()}
+
+    emit(Progress(stage=Stage.MEASURE, message="size, MACs, latency, memory"))
+    tf = measure.measure_model(r.teacher_onnx, shapes)
+    sf = measure.measure_model(r.student_onnx, shapes)
+    size = rep.size_section(tf, sf)
+    try:
+        lat = measure.measure_latency(
+            r.teacher_onnx, r.student_onnx, one, runs=LATENCY_RUNS, budget_seconds=LATENCY_BUDGET_SECONDS
+        )
+        latency: Any = rep.latency_section(lat)
+    except Exception as e:  # a measurement failure must not lose the compressed model
+        log.warning("measure.latency_failed error=%s", e)
+        latency = Absent(reason=f"latency could not be measured: {e}")
+    try:
+        memory: Any = rep.memory_section(
+            measure.measure_peak_memory(r.teacher_onnx, one), measure.measure_peak_memory(r.student_onnx, one)
+        )
+    except Exception as e:
+        log.warning("measure.memory_failed error=%s", e)
+        memory = Absent(reason=f"memory could not be measured: {str(e)[:300]}")
+
+    emit(Progress(stage=Stage.QUALITY, message="student vs teacher on held-out inputs"))
+    t_out = ort_run(onnx.load(str(r.teacher_onnx)), feeds_all)[0]
+    s_out = ort_run(onnx.load(str(r.student_onnx)), feeds_all)[0]
+    q = quality.evaluate(s_out, t_out, data_range=r.data_range)
+    qsec = rep.quality_section(q, _heldout_inputs_text(r, q.n_samples), r.spec.seed)
+    metric = "ssim" if q.is_image and "ssim" in q.metrics else "neg_l1"
+
+    emit(Progress(stage=Stage.REPORT, message="report.json, report.html, samples.png"))
+    summary, gates = rep.summarize(size, latency, qsec, r.spec.gates)
+    spec_dict = r.spec.model_dump(mode="json")
+    warnings += rep.interpretation_warnings(spec_dict, summary)
+    if r.score_after_distill < r.score_after_prune:
+        warnings.append(
+            "Distillation did not improve on the pruned model within the budget; the best weights were kept."
+        )
+    report = Report(
+        tool=rep.tool_versions(),
+        input=input_info(r),
+        spec=spec_dict,
+        pruning=pruning_section(r),
+        distillation=distillation_section(r, metric),
+        export=export_section(r),
+        size=size,
+        latency=latency,
+        memory=memory,
+        quality=qsec,
+        gates=gates,
+        summary=summary,
+        warnings=warnings,
+    )
+    image_inputs = [n for n, s in r.imported.inputs.items() if s.distribution == Distribution.CALIBRATION]
+    lo, hi = (
+        (-1.0, 1.0)
+        if r.data_range == 2.0
+        else (0.0, 1.0)
+        if r.data_range == 1.0
+        else (float(t_out.min()), float(t_out.max()))
+    )
+    images = rep.ReportImages(
+        teacher=np.asarray(t_out),
+        student=np.asarray(s_out),
+        inputs=feeds_all[image_inputs[0]] if image_inputs else None,
+        worst_indices=list(q.worst_indices),
+        value_range=(lo, hi),
+    )
+    rep.write_report(out_dir, report, images)
+    shutil.rmtree(r.teacher_onnx.parent, ignore_errors=True)
+    emit(Progress(stage=Stage.DONE, step=1, total=1, message="done"))
+    return report.model_dump(mode="json")

@@ -1,0 +1,288 @@
+"""The compression pipeline: import -> prune (+ distill between rounds) -> distill -> export ->
+measure -> quality -> report. Torch lives here and below; the API and the CLI call ``compress``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from worker.engine import blocks as block_prune
+from worker.engine import prune
+from worker.engine.distill import DistillResult, distill, heldout_score
+from worker.engine.export import ExportResult, cleanup, export_student
+from worker.engine.importers import ImportedModel, import_model
+from worker.engine.sampling import InputSampler, load_calibration
+from worker.errors import BadCalibrationError, CanceledError
+from worker.spec import CompressionSpec, Distribution, Progress, PruneMethod, Stage
+
+log = logging.getLogger(__name__)
+
+HELDOUT_N = 32  # held-out samples for the quality report (images: all held-out images, cycled)
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass
+class PruneOutcome:
+    method: PruneMethod
+    ratio_asked: float | None
+    ratio_used: float | None
+    macs_before: int
+    macs_after: int
+    plan: prune.PrunePlan | None = None
+    removed_blocks: list[block_prune.Block] = field(default_factory=list)
+    candidate_blocks: list[block_prune.Block] = field(default_factory=list)
+    sparsity: float | None = None
+    target_macs: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PipelineResult:
+    """Everything the report is assembled from."""
+
+    model_path: Path
+    spec: CompressionSpec
+    imported: ImportedModel
+    data_range: float
+    prune: PruneOutcome
+    distill_rounds: list[DistillResult]
+    score_after_prune: float
+    score_after_distill: float
+    export: ExportResult
+    teacher_onnx: Path
+    student_onnx: Path
+    heldout: dict[str, torch.Tensor]
+    seconds: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+
+
+def _noop(_: Progress) -> None:
+    pass
+
+
+def output_range(out: torch.Tensor) -> float:
+    """Width of the output's value range: 2 for tanh ([-1, 1]), 1 for [0, 1], else observed."""
+    lo, hi = float(out.min()), float(out.max())
+    if lo >= -1.0 - 1e-4 and hi <= 1.0 + 1e-4:
+        return 1.0 if lo >= -1e-4 else 2.0
+    return max(hi - lo, 1e-6)
+
+
+def _forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(*batch.values())
+    return out[0] if isinstance(out, list | tuple) else out
+
+
+def _load_calibrations(imported: ImportedModel, files: dict[str, Path]) -> dict[str, np.ndarray]:
+    image_inputs = [n for n, s in imported.inputs.items() if s.distribution == Distribution.CALIBRATION]
+    files = dict(files)
+    if "" in files:
+        if len(image_inputs) != 1:
+            raise BadCalibrationError(
+                f"the model has {len(image_inputs)} image inputs {image_inputs}: name the input for each "
+                "calibration file (NAME=FILE)"
+            )
+        files[image_inputs[0]] = files.pop("")
+    unknown = sorted(set(files) - set(image_inputs))
+    if unknown:
+        raise BadCalibrationError(
+            f"calibration given for {unknown}, which are not image inputs; image inputs: {image_inputs}"
+        )
+    return {n: load_calibration(p, imported.inputs[n], n) for n, p in files.items()}
+
+
+def _taylor_grads(teacher: nn.Module, student: nn.Module, sampler: InputSampler, batch_size: int) -> None:
+    """Accumulate gradients of the output-L1 distillation loss for the Taylor criterion."""
+    student.zero_grad(set_to_none=True)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    for _ in range(4):
+        b = sampler.train_batch(batch_size)
+        t = _forward(teacher, b)
+        out = student(*b.values())
+        out = out[0] if isinstance(out, list | tuple) else out
+        # a freshly-copied student equals the teacher: perturb nothing, use |s - t| + output energy
+        loss = (out - t).abs().mean() + 1e-3 * out.pow(2).mean()
+        loss.backward()
+
+
+def compress(
+    model_path: Path,
+    spec: CompressionSpec,
+    out_dir: Path,
+    *,
+    calibration: dict[str, Path] | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Compress ``model_path`` as ``spec`` asks; write model.onnx, report.json, report.html and
+    samples.png to ``out_dir``; return the report as a dict (its ``summary`` is flat numbers)."""
+    result = run_pipeline(
+        model_path, spec, out_dir, calibration=calibration, progress=progress, should_stop=should_stop
+    )
+    from worker.engine.assemble import write_all
+
+    return write_all(result, out_dir, progress or _noop)
+
+
+def run_pipeline(
+    model_path: Path,
+    spec: CompressionSpec,
+    out_dir: Path,
+    *,
+    calibration: dict[str, Path] | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> PipelineResult:
+    emit = progress or _noop
+    stop = should_stop or (lambda: False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(spec.seed)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def check() -> None:
+        if stop():
+            raise CanceledError("canceled")
+
+    emit(Progress(stage=Stage.IMPORT, message="converting the model"))
+    imported = import_model(model_path, spec.inputs)
+    arrays = _load_calibrations(imported, calibration or {})
+    sampler = InputSampler(imported.inputs, arrays, seed=spec.seed)
+    teacher = copy.deepcopy(imported.module).eval()
+    student = imported.module
+    heldout = sampler.heldout(HELDOUT_N)
+    teacher_heldout = _forward(teacher, heldout)
+    data_range = output_range(teacher_heldout)
+    example = sampler.train_batch(2)
+    seconds["import"] = time.perf_counter() - t0
+    check()
+
+    emit(Progress(stage=Stage.PRUNE, message=f"{spec.prune.method.value} pruning"))
+    t1 = time.perf_counter()
+    dspec = spec.distill
+    n_rounds = spec.prune.iterative_steps if spec.prune.method == PruneMethod.CHANNEL else 1
+    round_steps = dspec.steps // n_rounds
+    round_budget = dspec.budget_seconds / n_rounds
+    rounds: list[DistillResult] = []
+    one = {k: v[:1] for k, v in example.items()}
+    macs_before = prune.count_macs(student, one)
+    outcome = PruneOutcome(spec.prune.method, spec.prune.ratio, spec.prune.ratio, macs_before, macs_before)
+    masks: dict[str, torch.Tensor] | None = None
+    offset = 0
+
+    def run_round(steps: int, budget: float) -> None:
+        nonlocal offset
+        r = distill(
+            teacher,
+            student,
+            sampler,
+            dspec,
+            data_range=data_range,
+            steps=steps,
+            budget_seconds=budget,
+            masks=masks,
+            progress=emit,
+            should_stop=stop,
+            step_offset=offset,
+        )
+        offset += r.steps
+        rounds.append(r)
+
+    score_after_prune = math.nan
+    if spec.prune.method == PruneMethod.CHANNEL:
+        plan = prune.plan_channel_pruning(student, example, spec.prune)
+        outcome.plan = plan
+        ratio = spec.prune.ratio
+        if spec.prune.target_macs is not None:
+            ratio, _ = prune.ratio_for_target_macs(student, example, spec.prune, plan, spec.prune.target_macs)
+            outcome.target_macs = spec.prune.target_macs
+        outcome.ratio_used = ratio
+        pruner = prune.make_pruner(student, example, spec.prune, plan, float(ratio or 0.5), n_rounds)
+        for i in range(n_rounds):
+            check()
+            if spec.prune.criterion == "taylor":
+                _taylor_grads(teacher, student, sampler, dspec.batch_size)
+            pruner.step()
+            student.zero_grad(set_to_none=True)
+            if i == 0 or n_rounds > 1:
+                emit(
+                    Progress(
+                        stage=Stage.PRUNE, step=i + 1, total=n_rounds, message=f"round {i + 1}/{n_rounds}"
+                    )
+                )
+            if i < n_rounds - 1:
+                run_round(round_steps, round_budget)
+            else:
+                score_after_prune = heldout_score(student, heldout, teacher_heldout, data_range)
+        plan.record_after(student)
+    elif spec.prune.method == PruneMethod.UNSTRUCTURED:
+        masks = prune.magnitude_masks(student, float(spec.prune.ratio or 0.5))
+        prune.apply_masks(student, masks)
+        outcome.sparsity = prune.sparsity_of(student)
+        outcome.notes.append(
+            "Unstructured sparsity zeroes weights but keeps every tensor's shape: the ONNX file "
+            "compresses better (see gzip size), it does not run faster in ONNX Runtime."
+        )
+    else:
+        found = block_prune.find_blocks(student)
+        block_prune.score_blocks(student, found, example)
+        chosen = block_prune.choose_blocks(found, spec.prune.ratio, spec.prune.blocks)
+        block_prune.remove_blocks(student, [b.add for b in chosen])
+        outcome.candidate_blocks, outcome.removed_blocks = found, chosen
+    if math.isnan(score_after_prune):
+        score_after_prune = heldout_score(student, heldout, teacher_heldout, data_range)
+    outcome.macs_after = prune.count_macs(student, one)
+    seconds["prune"] = time.perf_counter() - t1 - sum(r.seconds for r in rounds)
+    check()
+
+    t2 = time.perf_counter()
+    used_steps = sum(r.steps for r in rounds)
+    used_seconds = sum(r.seconds for r in rounds)
+    run_round(max(0, dspec.steps - used_steps), max(0.0, dspec.budget_seconds - used_seconds))
+    score_after_distill = heldout_score(student, heldout, teacher_heldout, data_range)
+    seconds["distill"] = time.perf_counter() - t2 + used_seconds
+    check()
+
+    emit(Progress(stage=Stage.EXPORT, message=f"ONNX opset {spec.export.opset}"))
+    t3 = time.perf_counter()
+    calib = [{k: v.numpy() for k, v in sampler.train_batch(4).items()} for _ in range(8)]
+    parity_batch = {k: v[:4] for k, v in heldout.items()}
+    exported = export_student(
+        student, example, imported.output_names, spec.export.opset, spec.export.quantize, calib, parity_batch
+    )
+    student_onnx = out_dir / "model.onnx"
+    onnx.save(exported.model, str(student_onnx))
+    teacher_dir = Path(tempfile.mkdtemp(prefix="gc-teacher-"))
+    teacher_onnx = teacher_dir / "teacher.onnx"
+    onnx.save(cleanup(imported.onnx_model), str(teacher_onnx))
+    seconds["export"] = time.perf_counter() - t3
+    return PipelineResult(
+        model_path=model_path,
+        spec=spec,
+        imported=imported,
+        data_range=data_range,
+        prune=outcome,
+        distill_rounds=rounds,
+        score_after_prune=score_after_prune,
+        score_after_distill=score_after_distill,
+        export=exported,
+        teacher_onnx=teacher_onnx,
+        student_onnx=student_onnx,
+        heldout=heldout,
+        seconds=seconds,
+    )

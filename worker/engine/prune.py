@@ -1,0 +1,372 @@
+"""Pruning: structured channel pruning (Torch-Pruning), unstructured magnitude, whole blocks.
+
+Channel pruning physically removes channels (the exported graph is smaller). Torch-Pruning's
+dependency graph couples layers through residual adds, concatenations and norms; what it cannot
+see through we handle here and report:
+
+- layers that produce the model output keep their output channels (the image has C channels);
+- layers feeding a reshape/flatten/PixelShuffle (DepthToSpace) keep theirs: the channel index is
+  mixed with space or features there, so per-channel removal would scramble the output;
+- every remaining layer is *probed*: one channel is removed in a copy and the copy must still run
+  with the same output shape; a layer whose pruning breaks the graph (e.g. a weight shared with a
+  modulation/demodulation path) is left whole with the error as the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import fx, nn
+
+from worker.errors import PruningError
+from worker.spec import MAX_CHANNEL_RATIO, Criterion, PruneSpec
+
+log = logging.getLogger(__name__)
+
+PRUNABLE = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+)
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
+# onnx2torch modules where the channel axis is mixed with space or features.
+CHANNEL_MIXERS = {
+    "OnnxReshape": "feeds a reshape (channels become features or space)",
+    "OnnxFlatten": "feeds a flatten",
+    "OnnxDepthToSpace": "feeds a PixelShuffle/DepthToSpace (channels become space)",
+    "OnnxSpaceToDepth": "feeds a SpaceToDepth",
+    "OnnxTranspose": "feeds a transpose",
+    "OnnxGather": "feeds a gather",
+    "OnnxSlice": "feeds a slice",
+    "OnnxSplit": "feeds a split",
+    "OnnxSplit13": "feeds a split",
+    "OnnxEinsum": "feeds an einsum",
+    "OnnxMatMul": "feeds a matmul",
+}
+
+
+def channels_out(m: nn.Module) -> int:
+    if isinstance(m, nn.Linear):
+        return m.out_features
+    return int(m.out_channels)  # type: ignore[arg-type]
+
+
+def channels_in(m: nn.Module) -> int:
+    if isinstance(m, nn.Linear):
+        return m.in_features
+    return int(m.in_channels)  # type: ignore[arg-type]
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+
+
+def _module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    if node.op != "call_module":
+        return None
+    return gm.get_submodule(str(node.target))
+
+
+def _producers(gm: fx.GraphModule, start: Iterable[fx.Node]) -> set[str]:
+    """Prunable layers whose output channels reach ``start`` without passing another prunable
+    layer (walks back through activations, norms, adds, pads...)."""
+    found: set[str] = set()
+    seen: set[fx.Node] = set()
+    todo = list(start)
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        mod = _module_of(gm, node)
+        if isinstance(mod, PRUNABLE):
+            found.add(str(node.target))
+            continue
+        if node.op in ("placeholder", "get_attr"):
+            continue
+        todo.extend(a for a in node.all_input_nodes)
+    return found
+
+
+def static_exclusions(gm: fx.GraphModule, ignore: list[str]) -> dict[str, str]:
+    """Layer name -> why its output channels are kept whole."""
+    reasons: dict[str, str] = {}
+    layers = prunable_layers(gm)
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            for name in _producers(gm, node.all_input_nodes):
+                reasons.setdefault(name, "produces the model output (its channels are the output's)")
+        mod = _module_of(gm, node)
+        if mod is not None and type(mod).__name__ in CHANNEL_MIXERS:
+            why = CHANNEL_MIXERS[type(mod).__name__]
+            for name in _producers(gm, node.all_input_nodes[:1]):
+                reasons.setdefault(name, why)
+        elif node.op == "call_function" and getattr(node.target, "__name__", "") in (
+            "reshape",
+            "view",
+            "flatten",
+            "pixel_shuffle",
+            "permute",
+            "transpose",
+        ):
+            for name in _producers(gm, node.all_input_nodes[:1]):
+                reasons.setdefault(name, f"feeds {node.target.__name__}")  # type: ignore[union-attr]
+    for name in layers:
+        if any(fnmatch.fnmatch(name, pat) for pat in ignore):
+            reasons.setdefault(name, "matches an ignore pattern of the spec")
+    return reasons
+
+
+def _out_pruning_fn(m: nn.Module) -> Callable[..., object]:
+    if isinstance(m, nn.Linear):
+        return tp.prune_linear_out_channels
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        return tp.prune_conv_out_channels
+    return tp.prune_conv_out_channels
+
+
+def _run(model: nn.Module, example: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(*example.values())
+    return out[0] if isinstance(out, list | tuple) else out
+
+
+def probe_exclusions(model: nn.Module, example: dict[str, torch.Tensor], skip: set[str]) -> dict[str, str]:
+    """Remove one output channel of each candidate layer in a copy; keep the layers whose removal
+    breaks the graph (error or changed output shape)."""
+    ref_shape = _run(model, example).shape
+    reasons: dict[str, str] = {}
+    for name, layer in prunable_layers(model).items():
+        if name in skip or channels_out(layer) < 2:
+            if name not in skip:
+                reasons[name] = "has a single output channel"
+            continue
+        trial = copy.deepcopy(model)
+        target = trial.get_submodule(name)
+        try:
+            dg = tp.DependencyGraph().build_dependency(trial, example_inputs=tuple(example.values()))
+            group = dg.get_pruning_group(target, _out_pruning_fn(target), idxs=[0])
+            if not dg.check_pruning_group(group):
+                reasons[name] = "Torch-Pruning refuses to prune this group"
+                continue
+            group.prune()
+            shape = _run(trial, example).shape
+        except Exception as e:
+            reasons[name] = f"removing a channel breaks the graph: {str(e).splitlines()[0][:160]}"
+            continue
+        if shape != ref_shape:
+            reasons[name] = f"removing a channel changes the output shape to {list(shape)}"
+    return reasons
+
+
+class NormScaleImportance(tp.importance.Importance):
+    """|gamma| of the BatchNorm/InstanceNorm/GroupNorm in the group (network slimming); groups
+    without a norm layer fall back to the L1 norm of the weights."""
+
+    def __init__(self) -> None:
+        self.norm = tp.importance.GroupMagnitudeImportance(p=1, target_types=NORMS)
+        self.fallback = tp.importance.GroupMagnitudeImportance(p=1)
+
+    @torch.no_grad()
+    def __call__(self, group: tp.Group) -> torch.Tensor:
+        imp = self.norm(group)
+        return imp if imp is not None else self.fallback(group)
+
+
+CRITERIA: dict[Criterion, Callable[[], tp.importance.Importance]] = {}
+
+
+def register_criterion(name: Criterion) -> Callable[[Callable[[], tp.importance.Importance]], object]:
+    def deco(factory: Callable[[], tp.importance.Importance]) -> Callable[[], tp.importance.Importance]:
+        if name in CRITERIA:
+            raise ValueError(f"criterion {name!r} registered twice")
+        CRITERIA[name] = factory
+        return factory
+
+    return deco
+
+
+register_criterion(Criterion.L1)(lambda: tp.importance.GroupMagnitudeImportance(p=1))
+register_criterion(Criterion.L2)(lambda: tp.importance.GroupMagnitudeImportance(p=2))
+register_criterion(Criterion.BN_SCALE)(NormScaleImportance)
+register_criterion(Criterion.TAYLOR)(lambda: tp.importance.GroupTaylorImportance())
+register_criterion(Criterion.RANDOM)(lambda: tp.importance.RandomImportance())
+
+
+def criterion(name: Criterion) -> tp.importance.Importance:
+    try:
+        return CRITERIA[Criterion(name)]()
+    except (KeyError, ValueError) as e:
+        raise PruningError(
+            f"unknown criterion {name!r}; valid: {', '.join(c.value for c in CRITERIA)}"
+        ) from e
+
+
+@dataclass
+class LayerRecord:
+    name: str
+    kind: str
+    channels_before: int
+    channels_after: int = 0
+    reason_kept: str | None = None
+
+    @property
+    def pruned(self) -> bool:
+        return self.channels_after < self.channels_before
+
+
+@dataclass
+class PrunePlan:
+    """What channel pruning may touch and why the rest is left whole."""
+
+    kept: dict[str, str]
+    layers: dict[str, LayerRecord] = field(default_factory=dict)
+
+    def record_after(self, model: nn.Module) -> None:
+        for name, m in prunable_layers(model).items():
+            if name in self.layers:
+                self.layers[name].channels_after = channels_out(m)
+
+
+def require_eager(model: nn.Module) -> None:
+    """Torch-Pruning on a ScriptModule finds no layer and raises nothing: refuse it loudly."""
+    if isinstance(model, torch.jit.ScriptModule | torch.jit.RecursiveScriptModule):
+        raise PruningError(
+            "refusing to prune a TorchScript module (nothing would be pruned); import it first"
+        )
+
+
+def plan_channel_pruning(
+    model: fx.GraphModule, example: dict[str, torch.Tensor], spec: PruneSpec
+) -> PrunePlan:
+    require_eager(model)
+    kept = static_exclusions(model, spec.ignore)
+    kept.update(probe_exclusions(model, example, set(kept)))
+    layers = {
+        name: LayerRecord(name, type(m).__name__, channels_out(m), channels_out(m), kept.get(name))
+        for name, m in prunable_layers(model).items()
+    }
+    if all(name in kept for name in layers):
+        raise PruningError(
+            "no layer can be channel-pruned: "
+            + "; ".join(f"{n}: {r}" for n, r in list(kept.items())[:6])
+            + ("; try method 'unstructured'" if layers else "")
+        )
+    log.info("prune.plan prunable=%d kept=%d", len(layers) - len(kept), len(kept))
+    return PrunePlan(kept, layers)
+
+
+def make_pruner(
+    model: nn.Module,
+    example: dict[str, torch.Tensor],
+    spec: PruneSpec,
+    plan: PrunePlan,
+    ratio: float,
+    iterative_steps: int = 1,
+) -> tp.pruner.BasePruner:
+    ignored = [model.get_submodule(n) for n in plan.kept]
+    return tp.pruner.BasePruner(
+        model,
+        example_inputs=tuple(example.values()),
+        importance=criterion(spec.criterion),
+        global_pruning=spec.global_ranking,
+        pruning_ratio=ratio,
+        iterative_steps=iterative_steps,
+        ignored_layers=ignored,
+        max_pruning_ratio=0.95,
+    )
+
+
+def count_macs(model: nn.Module, example: dict[str, torch.Tensor]) -> int:
+    """Multiply-accumulates of one forward pass at the example's batch size, from
+    ``torch.utils.flop_counter`` (flops / 2; ConvTranspose counted correctly)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(*example.values())
+    return int(fc.get_total_flops() // 2)
+
+
+def ratio_for_target_macs(
+    model: nn.Module,
+    example: dict[str, torch.Tensor],
+    spec: PruneSpec,
+    plan: PrunePlan,
+    target_macs: int,
+    tolerance: float = 0.05,
+) -> tuple[float, int]:
+    """Bisect the channel ratio until the pruned copy's MACs are within ``tolerance`` of the
+    target (MACs fall monotonically with the ratio). Returns (ratio, macs at that ratio)."""
+    one = {k: v[:1] for k, v in example.items()}
+    base = count_macs(model, one)
+    if target_macs >= base:
+        raise PruningError(f"target_macs {target_macs:,} is not below the model's {base:,} MACs")
+
+    def macs_at(r: float) -> int:
+        trial = copy.deepcopy(model)
+        make_pruner(trial, example, spec, _plan_for(trial, plan), r).step()
+        return count_macs(trial, one)
+
+    lo, hi = 0.0, MAX_CHANNEL_RATIO
+    best = (hi, macs_at(hi))
+    if best[1] > target_macs * (1 + tolerance):
+        raise PruningError(
+            f"target_macs {target_macs:,} is out of reach: at {MAX_CHANNEL_RATIO:.0%} channel pruning the model still has "
+            f"{best[1]:,} MACs (layers left whole: {len(plan.kept)})"
+        )
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        m = macs_at(mid)
+        if abs(m - target_macs) < abs(best[1] - target_macs):
+            best = (mid, m)
+        if abs(m - target_macs) <= tolerance * target_macs:
+            return mid, m
+        lo, hi = (mid, hi) if m > target_macs else (lo, mid)
+    return best
+
+
+def _plan_for(model: nn.Module, plan: PrunePlan) -> PrunePlan:
+    return PrunePlan(dict(plan.kept), plan.layers)
+
+
+# --- unstructured -----------------------------------------------------------------------------
+
+
+def magnitude_masks(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
+    """Global magnitude pruning over all conv/linear weights: the ``sparsity`` fraction of
+    smallest |w| become zero. Returns name -> keep-mask (bool, same shape as the weight)."""
+    require_eager(model)
+    weights = {n: m.weight for n, m in prunable_layers(model).items()}
+    if not weights:
+        raise PruningError("the model has no convolution or linear weights to prune")
+    flat = torch.cat([w.detach().abs().flatten() for w in weights.values()])
+    k = int(sparsity * flat.numel())
+    if k < 1:
+        return {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+    threshold = flat.kthvalue(k).values
+    return {n: w.detach().abs() > threshold for n, w in weights.items()}
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, mask in masks.items():
+            w = model.get_submodule(name).weight
+            w.mul_(mask.to(w.dtype))
+
+
+def sparsity_of(model: nn.Module) -> float:
+    total = zeros = 0
+    for m in prunable_layers(model).values():
+        total += m.weight.numel()
+        zeros += int((m.weight == 0).sum())
+    return zeros / total if total else 0.0

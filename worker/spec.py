@@ -163,9 +163,6 @@ class DistillSpec(_Strict):
     )
     batch_size: int = Field(8, ge=1, le=512)
     lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate (cosine-decayed).")
-    crop: int | None = Field(
-        None, ge=8, description="Random crop size for fully convolutional image inputs (None: full size)."
-    )
 
     @model_validator(mode="after")
     def _check(self) -> DistillSpec:

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, ...).")
     s3_region: str = Field("us-east-1", description="S3 region name.")
     tmp_dir: Path | None = Field(None, description="Staging dir for uploads (default: system temp).")
+    data_dir: Path = Field(Path("var"), description="`serve`: where the embedded Redis keeps its data.")
 
     # --- Limits -------------------------------------------------------------------------------
     max_upload_bytes: int = Field(512 * MIB, ge=1, description="Largest model upload accepted.")

@@ -1,0 +1,125 @@
+"""Whole jobs over HTTP: real uvicorn, a real Celery worker process, the real Redis, the real engine
+in the sandbox, a zoo generator in each format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.app.files import torchscript_zip
+from tests.integration.conftest import TINY_SPEC, Service, dcgan_inputs, wait_for, zoo_file
+
+pytestmark = pytest.mark.integration
+
+
+def _run_onnx(path: Path) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {}
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) else 2 for d in i.shape]
+        feeds[i.name] = (
+            np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+            if "float" in i.type
+            else np.zeros(shape, dtype=np.int64)
+        )
+    return sess.run(None, feeds)[0]
+
+
+def _whole_job(service: Service, model: Path, spec: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    with service.client() as c:
+        up = c.post("/v1/models", files={"file": (model.name, model.read_bytes())})
+        assert up.status_code == 201, up.text
+        r = c.post("/v1/jobs", json={"model_id": up.json()["id"], "spec": spec})
+        assert r.status_code == 202, r.text
+        assert r.headers["location"] == f"/v1/jobs/{r.json()['id']}" and r.headers["retry-after"]
+        seen: list[dict[str, Any]] = []
+        job = wait_for(c, r.json()["id"], ("succeeded", "failed", "canceled"), seen=seen)
+        assert job["state"] == "succeeded", job
+        running = [j for j in seen if j["state"] == "running"]
+        assert any(j["stage"] not in ("queued",) for j in running), "progress was seen while running"
+        assert job["progress"]["fraction"] == 1.0 and job["stage"] == "done"
+        assert job["started_at"] and job["finished_at"] and "error" not in job
+        for key in ("ssim", "psnr", "speedup"):
+            assert key in job["summary"], job["summary"]
+        assert set(job["artifacts"]) >= {"model.onnx", "report.json", "report.html", "log.txt"}
+        for name, url in job["artifacts"].items():
+            a = c.get(url)
+            assert a.status_code == 200 and a.content, name
+            (tmp_path / name).write_bytes(a.content)
+        report = json.loads((tmp_path / "report.json").read_text())
+        assert report["summary"]["ssim"] == pytest.approx(job["summary"]["ssim"])
+        out = _run_onnx(tmp_path / "model.onnx")
+        assert out.ndim == 4 and np.isfinite(out).all()
+        return job
+
+
+def test_onnx_job(service: Service, tmp_path: Path) -> None:
+    _whole_job(service, zoo_file("model.op17.onnx"), TINY_SPEC, tmp_path)
+
+
+def test_torchscript_job(service: Service, tmp_path: Path) -> None:
+    _whole_job(service, zoo_file("model.pt"), {**TINY_SPEC, "inputs": dcgan_inputs()}, tmp_path)
+
+
+def test_cancel_running_job_then_worker_goes_on(service: Service) -> None:
+    model = zoo_file("model.op17.onnx")
+    long_spec = {"distill": {"steps": 1_000_000, "budget_seconds": 600}}
+    with service.client() as c:
+        mid = c.post("/v1/models", files={"file": ("m.onnx", model.read_bytes())}).json()["id"]
+        job = c.post("/v1/jobs", json={"model_id": mid, "spec": long_spec}).json()
+        wait_for(c, job["id"], ("running",), timeout=120)
+        r = c.post(f"/v1/jobs/{job['id']}:cancel")
+        assert r.status_code in (200, 202) and r.json()["state"] in ("running", "canceled")
+        done = wait_for(c, job["id"], ("canceled", "succeeded", "failed"), timeout=60)
+        assert done["state"] == "canceled" and done["error"]["code"] == "canceled"
+        again = c.post(f"/v1/jobs/{job['id']}:cancel")
+        assert again.status_code == 200 and again.json()["state"] == "canceled"
+        assert "log.txt" in done["artifacts"]
+        # The worker is free and consumes the next job.
+        nxt = c.post("/v1/jobs", json={"model_id": mid, "spec": TINY_SPEC}).json()
+        assert wait_for(c, nxt["id"], ("succeeded", "failed"))["state"] == "succeeded"
+
+
+def test_crashing_upload_fails_only_its_job(service: Service) -> None:
+    spec = {**TINY_SPEC, "inputs": {"z": {"shape": [1, 8, 1, 1]}}}
+    with service.client() as c:
+        bad = c.post("/v1/jobs", files={"model": ("bad.pt", torchscript_zip(garbage=True))},
+                     data={"spec": json.dumps(spec)})  # fmt: skip
+        assert bad.status_code == 202, bad.text
+        good_model = zoo_file("model.op17.onnx")
+        mid = c.post("/v1/models", files={"file": ("m.onnx", good_model.read_bytes())}).json()["id"]
+        good = c.post("/v1/jobs", json={"model_id": mid, "spec": TINY_SPEC}).json()
+        failed = wait_for(c, bad.json()["id"], ("succeeded", "failed", "canceled"))
+        assert failed["state"] == "failed" and failed["error"]["code"] in (
+            "corrupt_model", "unsupported_format", "internal_error", "sandbox_crashed",
+        ), failed["error"]  # fmt: skip
+        assert "log.txt" in failed["artifacts"]
+        assert wait_for(c, good["id"], ("succeeded", "failed"))["state"] == "succeeded"
+
+
+def test_idempotent_retry_and_etag_over_http(service: Service) -> None:
+    model = zoo_file("model.op17.onnx")
+    with service.client() as c:
+        mid = c.post("/v1/models", files={"file": ("m.onnx", model.read_bytes())}).json()["id"]
+        spec = {"distill": {"steps": 1_000_000, "budget_seconds": 600}}
+        h = {"Idempotency-Key": "integration-retry"}
+        a = c.post("/v1/jobs", json={"model_id": mid, "spec": spec}, headers=h)
+        b = c.post("/v1/jobs", json={"model_id": mid, "spec": spec}, headers=h)
+        assert a.json()["id"] == b.json()["id"]
+        r = c.get(f"/v1/jobs/{a.json()['id']}")
+        assert c.get(r.url, headers={"If-None-Match": r.headers["etag"]}).status_code in (200, 304)
+        c.post(f"/v1/jobs/{a.json()['id']}:cancel")
+        wait_for(c, a.json()["id"], ("canceled", "failed", "succeeded"), timeout=60)
+        final = c.get(f"/v1/jobs/{a.json()['id']}")
+        assert c.get(final.url, headers={"If-None-Match": final.headers["etag"]}).status_code == 304
+        page = c.get("/v1/jobs", params={"limit": 1}).json()
+        assert len(page["items"]) == 1 and page["next_cursor"]
+        metrics = c.get("/metrics").text
+        assert 'gancompress_jobs{state="canceled"}' in metrics
+        assert "gancompress_stage_duration_seconds_bucket" in metrics

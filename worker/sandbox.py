@@ -200,6 +200,7 @@ def run(
         reader = threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True)
         reader.start()
         eof = False
+        last_check = 0.0
         try:
             while True:
                 try:
@@ -210,7 +211,10 @@ def run(
                     eof = True
                 elif line:
                     _handle_line(line, out, on_event, log_fh)
-                    continue  # drain what is buffered before polling again
+                now = time.monotonic()
+                if line and now - last_check < poll_seconds:
+                    continue  # a chatty child: still check cancel and timeout every poll_seconds
+                last_check = now
                 if eof and proc.poll() is not None:
                     break
                 if should_stop is not None and should_stop():

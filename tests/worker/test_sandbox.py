@@ -193,3 +193,12 @@ def test_parent_death_kills_the_child(tmp_path: Path) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert os.getpid() != pids[0]
+
+
+def test_a_chatty_child_still_sees_cancel_and_timeout(tmp_path: Path) -> None:
+    body = "while True:\n    " + emit('{"event": "progress", "stage": "distill"}') + "    time.sleep(0.01)\n"
+    start = time.monotonic()
+    out = run(tmp_path, body, Limits(wall_seconds=2, kill_grace_seconds=1))
+    assert out.timed_out and time.monotonic() - start < 15
+    out = run(tmp_path, body, should_stop=lambda: True)
+    assert out.canceled

@@ -12,14 +12,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from app.api import health, jobs, uploads
+from app.api import health, jobs, ui, uploads
 from app.errors import install_error_handlers
 from app.services import Services
 from app.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-ROUTERS: list[APIRouter] = [health.router, uploads.router, jobs.router]
+ROUTERS: list[APIRouter] = [health.router, uploads.router, jobs.router, ui.router]
 
 DESCRIPTION = """Compress trained GAN generators: upload a TorchScript or ONNX generator, prune it,
 distill it against the original, and download a small ONNX model with a report.

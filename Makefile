@@ -38,3 +38,16 @@ lint: setup
 ## zoo: retrain and re-export the reference generators into worker/zoo/data
 zoo: setup
 	$(BIN)/python -m worker.zoo.build
+
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+## serve: run the service on http://$(HOST):$(PORT) (embedded Redis unless REDIS_URL is set; Ctrl-C stops all)
+serve: setup
+	$(BIN)/gancompress serve --host $(HOST) --port $(PORT)
+
+## demo: set up, serve, compress the bundled example generator over the HTTP API, print the summary
+## and the report URL, keep serving
+demo: setup
+	@test -f worker/zoo/data/dcgan/model.op17.onnx || $(MAKE) zoo
+	$(BIN)/gancompress demo --host $(HOST) --port $(PORT)

@@ -51,7 +51,10 @@ class Settings(BaseSettings):
         900.0, gt=0, description="Time allowed on top of the distillation budget (import, export, measure)."
     )
     sandbox_memory_bytes: int = Field(
-        8 * GIB, ge=64 * MIB, description="Address-space limit (RLIMIT_AS) of the sandboxed engine."
+        8 * GIB,
+        ge=0,
+        description="Address-space limit (RLIMIT_AS) of the sandboxed engine; 0: none (CUDA workers, "
+        "whose driver maps far more address space than it uses).",
     )
     sandbox_file_bytes: int = Field(4 * GIB, ge=MIB, description="Largest file the sandbox may write.")
     sandbox_network: bool = Field(

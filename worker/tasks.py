@@ -192,7 +192,7 @@ def _run_claimed(rec: JobRecord, svc: _Services) -> JobState:
         budget = float(rec.spec.get("distill", {}).get("budget_seconds") or 120.0)
         wall, _soft, _hard = settings.job_limits(budget)
         limits = sandbox.Limits(
-            memory_bytes=settings.sandbox_memory_bytes,
+            memory_bytes=settings.sandbox_memory_bytes or None,
             cpu_seconds=int(wall * (os.cpu_count() or 1)) + 60,
             file_bytes=settings.sandbox_file_bytes,
             wall_seconds=wall,

@@ -173,10 +173,10 @@
     return el("span", { class: `badge state-${state}`, dataset: { state, testid }, text: state });
   }
 
-  /** Same-origin path of an API URL (the API builds absolute URLs from the Host it saw). */
+  /** The path of an API URL: the API builds absolute URLs from the Host it saw, which behind a
+   * proxy may not be the one the browser used; the UI and the API are always the same app. */
   function localPath(url) {
     const u = new URL(url, location.href);
-    if (u.origin !== location.origin) return u.href;
     return u.pathname + u.search;
   }
 
@@ -644,7 +644,13 @@
       if (!res.ok) {
         const p = await problem(res);
         showProblem(loadError, p);
-        if (res.status !== 404) schedule(5000);
+        if (res.status === 404) {
+          const stateBadge = $("#job-state");
+          stateBadge.textContent = "not found";
+          stateBadge.dataset.state = "not-found";
+        } else {
+          schedule(5000);
+        }
         return;
       }
       loadError.hidden = true;
@@ -691,7 +697,7 @@
       if (!res.ok) throw new Error((await problem(res)).detail);
       const job = await res.json();
       const url = (job.artifacts || {})["report.html"];
-      if (!url) throw new Error(`job ${id} has no report (it is ${job.state})`);
+      if (!url) throw new Error(`job ${id} has no report (state: ${job.state}).`);
       await showReport($("#report-frame"), url);
     } catch (e) {
       showProblem(box, { title: "The report could not be loaded", detail: e.message, code: "", status: 0 });

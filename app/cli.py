@@ -229,12 +229,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         rows = check_fail_if(args.fail_if, summary)
     except GanCompressError as e:
         return fail(e.code, e.detail)
-    extra = [("job", job["id"])]
+    print_summary(summary, [*rows, ("job", job["id"])])
     if "report.html" in job.get("artifacts", {}):
-        extra.append(("report", job["artifacts"]["report.html"]))
+        print(f"report: {job['artifacts']['report.html']}")
     if args.out:
-        extra.append(("artifacts", str(Path(args.out))))
-    print_summary(summary, rows + extra)
+        print(f"artifacts: {Path(args.out).resolve()}")
     return gate_exit(summary, rows)
 
 
@@ -249,7 +248,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
-    return run_demo(args.host, args.port, args.workers)
+    return run_demo(args.host, args.port, args.workers, Path(args.model) if args.model else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         v.add_argument("--host", default="127.0.0.1")
         v.add_argument("--port", type=int, default=8000)
         v.add_argument("--workers", type=int, default=1, help="compression worker processes")
+        if name == "demo":
+            v.add_argument("--model", help="generator to compress (default: the zoo's DCGAN, ONNX)")
     return p
 
 

@@ -54,7 +54,8 @@ def compress_example(url: str, model: Path, spec: dict[str, Any] | None = None) 
 
             def show(j: dict[str, Any]) -> None:
                 p = j.get("progress") or {}
-                line = f"demo: [{j['state']}/{j.get('stage')}] {float(p.get('fraction') or 0) * 100:.0f}%"
+                pct = int(float(p.get("fraction") or 0) * 10) * 10
+                line = f"demo: [{j['state']}/{j.get('stage')}] {pct}%"
                 if not last or line != last[-1]:
                     last.append(line)
                     print(line, file=sys.stderr, flush=True)
@@ -67,14 +68,14 @@ def compress_example(url: str, model: Path, spec: dict[str, Any] | None = None) 
         print(f"demo: the job {job['state']}: {job.get('error')}", file=sys.stderr)
         return job
     report = job["artifacts"].get("report.html", "")
-    print_summary(job.get("summary") or {}, [("job", job["id"]), ("report", report)])
+    print_summary(job.get("summary") or {}, [("job", job["id"])])
     print(f"\nReport: {report}\nModel:  {job['artifacts'].get('model.onnx', '')}\n(still serving; Ctrl-C stops)",
           flush=True)  # fmt: skip
     return job
 
 
-def run_demo(host: str, port: int, workers: int) -> int:
-    model = example_model()
+def run_demo(host: str, port: int, workers: int, model: Path | None = None) -> int:
+    model = model or example_model()
     if not model.is_file():
         print(f"demo: the example model {model} is missing; run `make zoo`", file=sys.stderr)
         return 2

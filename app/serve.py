@@ -102,9 +102,10 @@ class Embedded:
         argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
                 "-c", str(self.workers), "-Q", self.settings.queue, "-l", "info",
                 "-n", f"gancompress-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]  # fmt: skip
-        self.worker = subprocess.Popen(
-            argv, env=self.env, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_pdeathsig
-        )
+        self.worker = subprocess.Popen(  # its banner and logs go to stderr: stdout is for results
+            argv, env=self.env, stdin=subprocess.DEVNULL, stdout=sys.stderr, start_new_session=True,
+            preexec_fn=_pdeathsig,
+        )  # fmt: skip
         log.info("serve.worker_started pid=%d concurrency=%d", self.worker.pid, self.workers)
         return self.worker
 

@@ -66,3 +66,14 @@ def test_submit_without_wait_prints_the_job(service: Service) -> None:
     job = json.loads(r.stdout)
     assert job["state"] == "queued" and job["id"].startswith("job_")
     assert httpx.post(f"{service.url}/v1/jobs/{job['id']}:cancel").status_code in (200, 202)
+
+
+def test_compress_locally(tmp_path: Path) -> None:
+    """``gancompress compress`` runs the engine in-process and prints the summary."""
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "app.cli", "compress", str(zoo_file("model.op17.onnx")), "--out", str(out),
+            "--steps", "5", "--budget-seconds", "5", "--fail-if", "ssim<-1"]  # fmt: skip
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert (out / "model.onnx").is_file() and (out / "report.json").is_file()
+    assert "ssim" in r.stdout and "[distill]" in r.stderr  # plain progress lines when not a terminal

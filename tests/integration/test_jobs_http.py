@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.app.files import torchscript_zip
+from tests.app.files import onnx_bytes, torchscript_zip
 from tests.integration.conftest import TINY_SPEC, Service, dcgan_inputs, wait_for, zoo_file
 
 pytestmark = pytest.mark.integration
@@ -92,6 +92,9 @@ def test_crashing_upload_fails_only_its_job(service: Service) -> None:
         bad = c.post("/v1/jobs", files={"model": ("bad.pt", torchscript_zip(garbage=True))},
                      data={"spec": json.dumps(spec)})  # fmt: skip
         assert bad.status_code == 202, bad.text
+        weird = c.post("/v1/jobs", files={"model": ("weird.onnx", onnx_bytes(op="NotARealOp"))},
+                       data={"spec": json.dumps(TINY_SPEC)})  # fmt: skip
+        assert weird.status_code == 202, weird.text
         good_model = zoo_file("model.op17.onnx")
         mid = c.post("/v1/models", files={"file": ("m.onnx", good_model.read_bytes())}).json()["id"]
         good = c.post("/v1/jobs", json={"model_id": mid, "spec": TINY_SPEC}).json()
@@ -100,6 +103,9 @@ def test_crashing_upload_fails_only_its_job(service: Service) -> None:
             "corrupt_model", "unsupported_format", "internal_error", "sandbox_crashed",
         ), failed["error"]  # fmt: skip
         assert "log.txt" in failed["artifacts"]
+        unsupported = wait_for(c, weird.json()["id"], ("succeeded", "failed", "canceled"))
+        assert unsupported["state"] == "failed", unsupported
+        assert unsupported["error"]["code"] in ("unsupported_op", "corrupt_model", "internal_error")
         assert wait_for(c, good["id"], ("succeeded", "failed"))["state"] == "succeeded"
 
 

@@ -5,6 +5,7 @@ deleted), settings, an in-process API client, and tiny model / calibration files
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -123,3 +124,34 @@ def client(settings):
 
     with TestClient(create_app(settings)) as c:
         yield c
+
+
+# --- S3: moto's real server mode on a free port (boto3 speaks HTTP to it) ---------------------
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_store(s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    from app.settings import Settings
+    from app.storage import S3Store, store_from_settings
+
+    settings = Settings(
+        storage_url="s3://gc-bucket/some/prefix", s3_endpoint_url=s3_endpoint, tmp_dir=tmp_path / "staging"
+    )
+    store = store_from_settings(settings)
+    assert isinstance(store, S3Store)
+    with contextlib.suppress(Exception):
+        store.client.create_bucket(Bucket="gc-bucket")
+    return store

@@ -4,7 +4,6 @@ on a free port, spoken to over HTTP by boto3 — not an in-process mock)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,34 +11,6 @@ import pytest
 from app.errors import PayloadTooLargeError
 from app.settings import Settings
 from app.storage import ArtifactStore, LocalStore, S3Store, store_from_settings
-from tests.conftest import free_port
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3_store(s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> S3Store:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    settings = Settings(
-        storage_url="s3://gc-bucket/some/prefix", s3_endpoint_url=s3_endpoint, tmp_dir=tmp_path / "staging"
-    )
-    store = store_from_settings(settings)
-    assert isinstance(store, S3Store)
-    import contextlib
-
-    with contextlib.suppress(Exception):
-        store.client.create_bucket(Bucket="gc-bucket")
-    return store
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -159,3 +159,20 @@ def test_job_json_given_to_the_engine(svc: tasks._Services, monkeypatch: pytest.
     limits = captured["limits"]
     assert limits.memory_bytes == svc.settings.sandbox_memory_bytes
     assert limits.wall_seconds == 30 + svc.settings.job_overhead_seconds
+
+
+def test_worker_with_the_s3_store(
+    settings: Settings, s3_store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers on other hosts: model in, artifacts out, through an S3-compatible server."""
+    settings.storage_url = "s3://gc-bucket/worker-test"
+    settings.s3_endpoint_url = s3_store.client.meta.endpoint_url
+    script = tmp_path / "standin.py"
+    script.write_text(textwrap.dedent(STANDIN))
+    monkeypatch.setattr(
+        sandbox, "engine_argv", lambda job, out: [sys.executable, str(script), str(job), str(out)]
+    )
+    svc = tasks._Services(settings)
+    job_id = _job(svc)
+    assert tasks.execute(job_id, svc, "w-s3") == JobState.SUCCEEDED
+    assert b"".join(svc.store.iter_bytes(f"jobs/{job_id}/model.onnx")) == b"onnx"

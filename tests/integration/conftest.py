@@ -146,6 +146,8 @@ def wait_for(
             seen.append(job)
         if job["state"] in states:
             return job
+        if job["state"] in ("succeeded", "failed", "canceled"):
+            raise AssertionError(f"job {job_id} ended {job['state']} while waiting for {states}: {job}")
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} still {job['state']} after {timeout} s: {job}")
         time.sleep(0.2)

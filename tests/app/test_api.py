@@ -96,8 +96,29 @@ def test_upload_size_limit_413(settings: Settings) -> None:
         assert_problem(upload(c, onnx_bytes()), 413, "payload_too_large")
         r = c.post("/v1/models", content=b"x" * 5000, headers={"content-type": "application/octet-stream"})
         assert_problem(r, 413, "payload_too_large")
+        r = c.post("/v1/jobs", files={"model": ("g.onnx", onnx_bytes())}, data={"spec": "{}"})
+        assert_problem(r, 413, "payload_too_large")
+        big = {"model_id": "mdl_x", "spec": {"prune": {"ignore": ["x" * 100] * 20_000}}}
+        assert_problem(c.post("/v1/jobs", json=big), 413, "payload_too_large")
+        assert c.get("/v1/jobs").json()["items"] == []
     staging = settings.tmp_dir
     assert staging is not None and not any(staging.glob("upload-*")), "rejected uploads leave nothing"
+
+
+def test_queue_down_is_503_and_the_job_is_failed(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    svc = client.app.state.services  # type: ignore[attr-defined]
+
+    def broken(job_id: str, budget: float) -> None:
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(svc.queue, "enqueue", broken)
+    m = onnx_model(client)
+    body = assert_problem(
+        client.post("/v1/jobs", json={"model_id": m["id"], "spec": SPEC}), 503, "service_unavailable"
+    )
+    assert "retry" in body["detail"]
+    (job,) = client.get("/v1/jobs").json()["items"]
+    assert job["state"] == "failed" and job["error"]["code"] == "enqueue_failed"
 
 
 @pytest.mark.parametrize(

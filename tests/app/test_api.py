@@ -353,6 +353,11 @@ def test_auth_scoping(settings: Settings) -> None:
         r = c.post("/v1/jobs", json={"model_id": m["id"], "spec": SPEC}, headers=b)
         assert_problem(r, 404, "model_not_found")
         assert c.get("/v1/jobs", headers=b).json()["items"] == []
+        cal = c.post("/v1/calibrations", files={"file": ("c.npy", npy_bytes())}, headers=a).json()
+        assert_problem(c.get(f"/v1/calibrations/{cal['id']}", headers=b), 404, "calibration_not_found")
+        mb = onnx_model(c, headers=b)
+        r = c.post("/v1/jobs", json={"model_id": mb["id"], "calibration_id": cal["id"]}, headers=b)
+        assert_problem(r, 404, "calibration_not_found")
         assert [j["id"] for j in c.get("/v1/jobs", headers=a).json()["items"]] == [job["id"]]
         # Health, metrics and the catalog stay open.
         assert c.get("/healthz").json()["auth"] is True

@@ -67,3 +67,39 @@ def test_serve_embedded_starts_and_stops_cleanly(tmp_path: Path, sig: int) -> No
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_sigterm_with_a_running_job_leaves_no_orphan(tmp_path: Path) -> None:
+    """The sandboxed engine of a running job dies too, and the job is marked failed on the way out."""
+    from tests.integration.conftest import wait_for, zoo_file
+
+    model = zoo_file("model.op17.onnx")
+    proc, url = _serve(tmp_path)
+    try:
+        _wait_ready(proc, url, tmp_path / "serve.log")
+        with httpx.Client(base_url=url, timeout=60) as c:
+            mid = c.post("/v1/models", files={"file": ("m.onnx", model.read_bytes())}).json()["id"]
+            spec = {"distill": {"steps": 1_000_000, "budget_seconds": 600}}
+            job = c.post("/v1/jobs", json={"model_id": mid, "spec": spec}).json()
+            wait_for(c, job["id"], ("running",), timeout=120)
+        deadline = time.monotonic() + 60
+        while not any(
+            "worker.engine.run" in " ".join(p.cmdline()) for p in psutil.Process(proc.pid).children(True)
+        ):
+            assert time.monotonic() < deadline, "the sandbox process never appeared"
+            time.sleep(0.2)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        _gone, alive = psutil.wait_procs(children, timeout=20)
+        assert not alive, f"orphans left: {[(p.pid, p.cmdline()) for p in alive]}"
+        # The embedded Redis kept the record (append-only file): after a restart the job reads failed.
+        proc, url = _serve(tmp_path)
+        _wait_ready(proc, url, tmp_path / "serve.log")
+        again = httpx.get(f"{url}/v1/jobs/{job['id']}").json()
+        assert again["state"] == "failed" and again["error"]["code"] == "worker_lost"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -44,6 +44,8 @@ MEDIA_TYPES = {
     "log.txt": "text/plain; charset=utf-8",
 }
 
+REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; sandbox"
+
 _SUBMIT_BODY = {
     "requestBody": {
         "required": True,
@@ -286,6 +288,8 @@ async def get_artifact(request: Request, job_id: str, name: str, owner: Owner) -
         "Content-Disposition": f'{disposition}; filename="{name}"',
         "X-Content-Type-Options": "nosniff",
     }
+    if name == "report.html":  # self-contained, no scripts: opened directly it runs nothing either
+        headers["Content-Security-Policy"] = REPORT_CSP
     path = svc.store.local_path(key)
     if path is not None:
         return FileResponse(path, media_type=media, headers=headers)

@@ -51,6 +51,8 @@ def _whole_job(service: Service, model: Path, spec: dict[str, Any], tmp_path: Pa
         for name, url in job["artifacts"].items():
             a = c.get(url)
             assert a.status_code == 200 and a.content, name
+            if name == "report.html":
+                assert "sandbox" in a.headers["content-security-policy"]
             (tmp_path / name).write_bytes(a.content)
         report = json.loads((tmp_path / "report.json").read_text())
         assert report["summary"]["ssim"] == pytest.approx(job["summary"]["ssim"])

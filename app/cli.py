@@ -58,11 +58,13 @@ class ProgressView:
 
     def __enter__(self) -> ProgressView:
         if self.enabled and self.tty:
+            from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._bar = Progress(
                 TextColumn("{task.description:<10}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False,
+                console=Console(stderr=True),
             )  # fmt: skip
             self._bar.start()
             self._task = self._bar.add_task("queued", total=1.0, info="")

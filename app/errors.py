@@ -150,7 +150,9 @@ def problem(
     if instance:
         body["instance"] = instance
     body.update({k: v for k, v in extra.items() if k not in body})
-    headers = {"WWW-Authenticate": 'Bearer realm="gancompress"'} if status == 401 else None
+    headers = {"WWW-Authenticate": 'Bearer realm="gancompress"'} if status == 401 else {}
+    if status == 503:
+        headers["Retry-After"] = "5"
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

@@ -23,9 +23,15 @@ def _tool(name: str) -> str:
 @pytest.mark.parametrize("profile", [[], ["--profile", "gpu"]], ids=["default", "gpu"])
 def test_compose_config(profile: list[str]) -> None:
     exe = shutil.which("docker-compose")
-    argv = [exe, *profile, "config", "-q"] if exe else ["docker", "compose", *profile, "config", "-q"]
-    if not exe and not shutil.which("docker"):
-        pytest.skip("neither docker-compose nor docker is installed")
+    if exe:
+        argv = [exe, *profile, "config", "-q"]
+    elif (
+        shutil.which("docker")
+        and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    ):
+        argv = ["docker", "compose", *profile, "config", "-q"]
+    else:
+        pytest.skip("neither docker-compose nor the docker compose plugin is installed")
     r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
 

@@ -69,13 +69,14 @@ class Outcome:
     error: dict[str, Any] | None = None  # {"code", "detail"} when it did not succeed
     canceled: bool = False
     timed_out: bool = False
+    lingered: bool = False  # it reported "done" but did not exit, and was stopped
     netns: bool = False
     events: int = 0
     pids: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.done is not None and self.returncode == 0 and not self.canceled
+        return self.done is not None and (self.returncode == 0 or self.lingered) and not self.canceled
 
 
 @lru_cache(maxsize=1)
@@ -169,6 +170,7 @@ def run(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     poll_seconds: float = 0.5,
+    exit_grace_seconds: float = 30.0,
 ) -> Outcome:
     """Run ``argv`` sandboxed in ``workdir`` (its cwd and HOME); JSON lines from its stdout go to
     ``on_event`` as they arrive, stderr and other stdout lines to ``log_path``. ``should_stop`` is
@@ -201,6 +203,7 @@ def run(
         reader.start()
         eof = False
         last_check = 0.0
+        done_at = float("inf")
         try:
             while True:
                 try:
@@ -210,7 +213,10 @@ def run(
                 if line is None:
                     eof = True
                 elif line:
+                    had_done = out.done is not None
                     _handle_line(line, out, on_event, log_fh)
+                    if out.done is not None and not had_done:
+                        done_at = time.monotonic()
                 now = time.monotonic()
                 if line and now - last_check < poll_seconds:
                     continue  # a chatty child: still check cancel and timeout every poll_seconds
@@ -221,6 +227,10 @@ def run(
                     out.canceled = True
                     log.info("sandbox.stopping pid=%d reason=cancel", proc.pid)
                     break
+                if out.done is not None and now - done_at > exit_grace_seconds:
+                    out.lingered = True  # the result is in; a stuck exit does not fail the job
+                    log.warning("sandbox.stopping pid=%d reason=no_exit_after_done", proc.pid)
+                    break
                 if deadline is not None and time.monotonic() > deadline:
                     out.timed_out = True
                     log.warning("sandbox.stopping pid=%d reason=timeout", proc.pid)
@@ -230,7 +240,7 @@ def run(
                         proc.wait(timeout=poll_seconds)
         finally:
             # Always leave nothing behind: the child or anything it started in its group.
-            if proc.poll() is None or out.canceled or out.timed_out:
+            if proc.poll() is None or out.canceled or out.timed_out or out.lingered:
                 kill_group(proc, limits.kill_grace_seconds)
             else:
                 with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -202,3 +202,17 @@ def test_a_chatty_child_still_sees_cancel_and_timeout(tmp_path: Path) -> None:
     assert out.timed_out and time.monotonic() - start < 15
     out = run(tmp_path, body, should_stop=lambda: True)
     assert out.canceled
+
+
+def test_a_child_that_does_not_exit_after_done_still_succeeds(tmp_path: Path) -> None:
+    body = emit('{"event": "done", "summary": {"ssim": 1.0}}') + "time.sleep(120)\n"
+    start = time.monotonic()
+    out = sandbox.run(
+        child(tmp_path, body),
+        workdir=tmp_path / "home",
+        log_path=tmp_path / "log.txt",
+        limits=Limits(wall_seconds=60, kill_grace_seconds=1),
+        poll_seconds=0.1,
+        exit_grace_seconds=1,
+    )
+    assert out.ok and out.lingered and out.error is None and time.monotonic() - start < 20

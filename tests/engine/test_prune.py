@@ -19,6 +19,7 @@ from worker.engine.prune import (
     make_pruner,
     plan_channel_pruning,
     prunable_layers,
+    prune_step,
     ratio_for_target_macs,
     sparsity_of,
 )
@@ -74,18 +75,49 @@ def test_resnet_at_half_ratio_quarter_macs_in_the_body(tiny_onnx: dict[str, Path
     assert 0.25 <= after / before < 0.40
 
 
-def test_output_and_pixelshuffle_producers_are_left_whole(tiny_onnx: dict[str, Path]) -> None:
+def test_output_layer_whole_pixelshuffle_producer_pruned_in_blocks(tiny_onnx: dict[str, Path]) -> None:
+    """The output conv keeps its channels; the conv feeding PixelShuffle(2) loses whole blocks of
+    4 channels, coupled with the PReLU and the conv after the shuffle, and the result equals
+    pruning the equivalent channels by hand."""
     model, ex = _load(tiny_onnx["sr"])
-    plan = plan_channel_pruning(model, ex, PruneSpec(ratio=0.5))
-    reasons = {n: r for n, r in plan.kept.items()}
-    assert any("model output" in r for r in reasons.values())
-    assert any("PixelShuffle" in r for r in reasons.values())
     spec = PruneSpec(ratio=0.5)
-    make_pruner(model, ex, spec, plan, 0.5).step()
+    plan = plan_channel_pruning(model, ex, spec)
+    assert any("model output" in r for r in plan.kept.values())
+    (producer,) = plan.shuffle
+    assert plan.shuffle[producer] == 64
+    reference = copy.deepcopy(model)
+    prune_step(model, ex, make_pruner(model, ex, spec, plan, 0.5), plan, 0.5)
     plan.record_after(model)
-    for name in plan.kept:
-        rec = plan.layers[name]
-        assert rec.channels_after == rec.channels_before and not rec.pruned
+    assert plan.layers[producer].channels_after == 32, "16 -> 8 channels after the shuffle, x4"
+    for name, why in plan.kept.items():
+        if "model output" in why:
+            assert not plan.layers[name].pruned
+    assert model(*ex.values()).shape == reference(*ex.values()).shape
+
+
+def test_pixelshuffle_blocks_stay_aligned() -> None:
+    """Zero the producer filters of post-shuffle channels 0 and 2: block pruning at 0.5 must drop
+    exactly those (lowest L1) and leave the output bit-identical; a misaligned cut would not."""
+    from worker.engine.shuffle import prune_shuffle_producers
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, 1, 1),
+        nn.Conv2d(8, 16, 3, 1, 1),
+        nn.PixelShuffle(2),
+        nn.PReLU(4),
+        nn.Conv2d(4, 3, 3, 1, 1),
+    ).eval()
+    with torch.no_grad():
+        for c in (0, 2):
+            model[1].weight[c * 4 : c * 4 + 4] = 0
+            model[1].bias[c * 4 : c * 4 + 4] = 0
+    x = {"x": torch.randn(2, 3, 6, 6)}
+    before = model(x["x"]).detach()
+    done = prune_shuffle_producers(model, x, {"1": 16}, 0.5)
+    assert done == {"1": (16, 8)}
+    assert model[3].weight.shape == (2,) and model[4].in_channels == 2
+    assert torch.allclose(model(x["x"]), before, atol=1e-6)
 
 
 def test_reshape_coupled_linear_is_left_whole(tiny_onnx: dict[str, Path]) -> None:

@@ -217,7 +217,7 @@ def run_pipeline(
             check()
             if spec.prune.criterion == "taylor":
                 _taylor_grads(teacher, student, sampler, dspec.batch_size)
-            pruner.step()
+            prune.prune_step(student, example, pruner, plan, float(ratio or 0.5) * (i + 1) / n_rounds)
             student.zero_grad(set_to_none=True)
             if i == 0 or n_rounds > 1:
                 emit(

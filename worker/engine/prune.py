@@ -39,11 +39,12 @@ PRUNABLE = (
     nn.Linear,
 )
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
+SHUFFLE_REASON = "feeds a PixelShuffle/DepthToSpace (channels become space)"
 # onnx2torch modules where the channel axis is mixed with space or features.
 CHANNEL_MIXERS = {
     "OnnxReshape": "feeds a reshape (channels become features or space)",
     "OnnxFlatten": "feeds a flatten",
-    "OnnxDepthToSpace": "feeds a PixelShuffle/DepthToSpace (channels become space)",
+    "OnnxDepthToSpace": SHUFFLE_REASON,
     "OnnxSpaceToDepth": "feeds a SpaceToDepth",
     "OnnxTranspose": "feeds a transpose",
     "OnnxGather": "feeds a gather",
@@ -227,10 +228,12 @@ class LayerRecord:
 
 @dataclass
 class PrunePlan:
-    """What channel pruning may touch and why the rest is left whole."""
+    """What channel pruning may touch and why the rest is left whole. ``shuffle`` layers are kept
+    out of Torch-Pruning's own pass and pruned in aligned blocks by ``shuffle.py``."""
 
     kept: dict[str, str]
     layers: dict[str, LayerRecord] = field(default_factory=dict)
+    shuffle: dict[str, int] = field(default_factory=dict)  # producer name -> original out channels
 
     def record_after(self, model: nn.Module) -> None:
         for name, m in prunable_layers(model).items():
@@ -256,14 +259,41 @@ def plan_channel_pruning(
         name: LayerRecord(name, type(m).__name__, channels_out(m), channels_out(m), kept.get(name))
         for name, m in prunable_layers(model).items()
     }
-    if all(name in kept for name in layers):
+    shuffle = {
+        n: layers[n].channels_before for n, why in kept.items() if why == SHUFFLE_REASON and n in layers
+    }
+    for n in shuffle:
+        layers[n].reason_kept = None
+    if all(name in kept and name not in shuffle for name in layers):
         raise PruningError(
             "no layer can be channel-pruned: "
             + "; ".join(f"{n}: {r}" for n, r in list(kept.items())[:6])
             + ("; try method 'unstructured'" if layers else "")
         )
-    log.info("prune.plan prunable=%d kept=%d", len(layers) - len(kept), len(kept))
-    return PrunePlan(kept, layers)
+    log.info(
+        "prune.plan prunable=%d kept=%d pixelshuffle=%d", len(layers) - len(kept), len(kept), len(shuffle)
+    )
+    return PrunePlan(kept, layers, shuffle)
+
+
+def prune_step(
+    model: nn.Module,
+    example: dict[str, torch.Tensor],
+    pruner: tp.pruner.BasePruner,
+    plan: PrunePlan,
+    ratio: float,
+) -> None:
+    """One pruning round: Torch-Pruning's step, then the PixelShuffle producers in aligned blocks
+    up to the same cumulative ``ratio``; the output shape must not change."""
+    ref = _run(model, example).shape
+    pruner.step()
+    if plan.shuffle:
+        from worker.engine.shuffle import prune_shuffle_producers
+
+        prune_shuffle_producers(model, example, plan.shuffle, ratio)
+    got = _run(model, example).shape
+    if got != ref:
+        raise PruningError(f"pruning changed the output shape from {list(ref)} to {list(got)}")
 
 
 def make_pruner(
@@ -314,7 +344,7 @@ def ratio_for_target_macs(
 
     def macs_at(r: float) -> int:
         trial = copy.deepcopy(model)
-        make_pruner(trial, example, spec, _plan_for(trial, plan), r).step()
+        prune_step(trial, example, make_pruner(trial, example, spec, plan, r), plan, r)
         return count_macs(trial, one)
 
     lo, hi = 0.0, MAX_CHANNEL_RATIO
@@ -333,10 +363,6 @@ def ratio_for_target_macs(
             return mid, m
         lo, hi = (mid, hi) if m > target_macs else (lo, mid)
     return best
-
-
-def _plan_for(model: nn.Module, plan: PrunePlan) -> PrunePlan:
-    return PrunePlan(dict(plan.kept), plan.layers)
 
 
 # --- unstructured -----------------------------------------------------------------------------

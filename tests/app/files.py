@@ -74,3 +74,31 @@ def image_zip(n: int = 3) -> bytes:
             Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(img, format="PNG")
             zf.writestr(f"imgs/{i}.png", img.getvalue())
     return buf.getvalue()
+
+
+def i2i_onnx_bytes(channels: int = 8, size: int = 16) -> bytes:
+    """A tiny image-to-image generator: ``img -> Conv -> Relu -> Conv -> Tanh -> out`` (opset 17)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array((rng.standard_normal((channels, 3, 3, 3)) * 0.3).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array(np.zeros(channels, np.float32), "b1")
+    w2 = numpy_helper.from_array((rng.standard_normal((3, channels, 3, 3)) * 0.3).astype(np.float32), "w2")
+    b2 = numpy_helper.from_array(np.zeros(3, np.float32), "b2")
+    pads = {"pads": [1, 1, 1, 1]}
+    nodes = [
+        helper.make_node("Conv", ["img", "w1", "b1"], ["h1"], **pads),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("Conv", ["h2", "w2", "b2"], ["h3"], **pads),
+        helper.make_node("Tanh", ["h3"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "i2i",
+        [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, size, size])],
+        [w1, b1, w2, b2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()

@@ -3,6 +3,7 @@ in the sandbox, a zoo generator in each format."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -131,3 +132,31 @@ def test_idempotent_retry_and_etag_over_http(service: Service) -> None:
         metrics = c.get("/metrics").text
         assert 'gancompress_jobs{state="canceled"}' in metrics
         assert "gancompress_stage_duration_seconds_bucket" in metrics
+
+
+def test_image_to_image_job_with_calibration(service: Service, tmp_path: Path) -> None:
+    """Multipart in one request: the model, the spec and calibration images for its image input."""
+    from tests.app.files import i2i_onnx_bytes
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    np.save(buf, rng.uniform(-1, 1, (16, 3, 16, 16)).astype(np.float32))
+    spec = {**TINY_SPEC, "inputs": {"img": {"shape": [1, 3, 16, 16], "distribution": "calibration"}}}
+    with service.client() as c:
+        r = c.post(
+            "/v1/jobs",
+            files={"model": ("i2i.onnx", i2i_onnx_bytes()), "calibration": ("photos.npy", buf.getvalue())},
+            data={"spec": json.dumps(spec)},
+        )
+        assert r.status_code == 202, r.text
+        assert list(r.json()["calibration"]) == [""]
+        # Without calibration images the same spec is refused at submit time.
+        r2 = c.post(
+            "/v1/jobs", files={"model": ("i2i.onnx", i2i_onnx_bytes())}, data={"spec": json.dumps(spec)}
+        )
+        assert r2.status_code == 422 and r2.json()["code"] == "bad_calibration"
+        job = wait_for(c, r.json()["id"], ("succeeded", "failed", "canceled"))
+        assert job["state"] == "succeeded", job
+        model = c.get(job["artifacts"]["model.onnx"]).content
+        (tmp_path / "model.onnx").write_bytes(model)
+        assert _run_onnx(tmp_path / "model.onnx").shape[1:] == (3, 16, 16)

@@ -38,6 +38,7 @@ TS_INPUTS = {
     },
     "resnet": {"image": InputSpec(shape=[1, 3, 16, 16], distribution="calibration")},
     "sr": {"image": InputSpec(shape=[1, 3, 8, 8], distribution="calibration")},
+    "style": {"z": InputSpec(shape=[1, 16])},
 }
 
 

@@ -114,11 +114,50 @@ class _SRB(nn.Module):
         return x + self.b(x)
 
 
+class _ModConv(nn.Module):
+    """StyleGAN2 modulated conv, non-fused: scale input by style, conv, demodulate, add bias."""
+
+    def __init__(self, cin: int, cout: int, wdim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3) / (cin * 9) ** 0.5)
+        self.bias = nn.Parameter(torch.randn(cout) * 0.1)
+        self.affine = nn.Linear(wdim, cin)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        s = self.affine(w)
+        y = nn.functional.conv2d(x * s[:, :, None, None], self.weight, None, 1, 1)
+        d = torch.rsqrt(torch.matmul(s.pow(2), self.weight.pow(2).sum(dim=(2, 3)).t()) + 1e-8)
+        return y * d[:, :, None, None] + self.bias[None, :, None, None]
+
+
+class TinyStyle(nn.Module):
+    """z [N, 16] -> mapping -> two modulated convs on a learned 4x4 constant -> [N, 1, 8, 8]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mapping = nn.Sequential(
+            nn.Linear(16, 16), nn.LeakyReLU(0.2), nn.Linear(16, 16), nn.LeakyReLU(0.2)
+        )
+        self.const = nn.Parameter(torch.randn(1, 16, 4, 4))
+        self.c1 = _ModConv(16, 16, 16)
+        self.c2 = _ModConv(16, 16, 16)
+        self.rgb = nn.Conv2d(16, 1, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        w = self.mapping(z)
+        x = self.const.expand(z.shape[0], -1, -1, -1)
+        x = nn.functional.leaky_relu(self.c1(x, w), 0.2)
+        x = nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+        x = nn.functional.leaky_relu(self.c2(x, w), 0.2)
+        return torch.tanh(self.rgb(x))
+
+
 FAMILIES: dict[str, tuple[type[nn.Module], dict[str, tuple[list[int], torch.dtype]]]] = {
     "dcgan": (TinyDCGAN, {"z": ([1, 16], torch.float32)}),
     "cgan": (TinyCGAN, {"z": ([1, 8], torch.float32), "label": ([1], torch.int64)}),
     "resnet": (TinyResNetI2I, {"image": ([1, 3, 16, 16], torch.float32)}),
     "sr": (TinySR, {"image": ([1, 3, 8, 8], torch.float32)}),
+    "style": (TinyStyle, {"z": ([1, 16], torch.float32)}),
 }
 
 

@@ -261,8 +261,6 @@ def distill(
     finally:
         if taps is not None:
             taps.close()
-        for p in student.parameters():
-            p.requires_grad_(False)
     result.steps = step
     result.seconds = time.perf_counter() - start
     result.samples_per_second = step * spec.batch_size / result.seconds if result.seconds > 0 else 0.0

@@ -249,6 +249,10 @@ def to_torch(model: onnx.ModelProto) -> fx.GraphModule:
         raise UnsupportedOpError(f"ONNX graph could not be converted to torch: {_first_line(e)}") from e
     gm = gm.float().eval()
     _prelu_to_module(gm)
+    from worker.engine.rewrite import channel_constants_to_layers, demodulation_to_layers
+
+    demodulation_to_layers(gm)
+    channel_constants_to_layers(gm)
     return gm
 
 

@@ -24,6 +24,7 @@ import torch
 import torch_pruning as tp
 from torch import fx, nn
 
+from worker.engine.rewrite import CUSTOM_PRUNERS
 from worker.errors import PruningError
 from worker.spec import MAX_CHANNEL_RATIO, Criterion, PruneSpec
 
@@ -155,7 +156,9 @@ def probe_exclusions(model: nn.Module, example: dict[str, torch.Tensor], skip: s
         trial = copy.deepcopy(model)
         target = trial.get_submodule(name)
         try:
-            dg = tp.DependencyGraph().build_dependency(trial, example_inputs=tuple(example.values()))
+            dg = tp.DependencyGraph().build_dependency(
+                trial, example_inputs=tuple(example.values()), customized_pruners=CUSTOM_PRUNERS
+            )
             group = dg.get_pruning_group(target, _out_pruning_fn(target), idxs=[0])
             if not dg.check_pruning_group(group):
                 reasons[name] = "Torch-Pruning refuses to prune this group"
@@ -314,6 +317,7 @@ def make_pruner(
         iterative_steps=iterative_steps,
         ignored_layers=ignored,
         max_pruning_ratio=0.95,
+        customized_pruners=CUSTOM_PRUNERS,
     )
 
 

@@ -18,6 +18,8 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
 
+from worker.engine.rewrite import CUSTOM_PRUNERS
+
 log = logging.getLogger(__name__)
 
 
@@ -73,7 +75,9 @@ def prune_shuffle_producers(
     before any pruning) to ``1 - ratio`` of its original post-shuffle channels, in aligned blocks.
     Returns name -> (output channels before this call, after)."""
     names = {m: n for n, m in model.named_modules()}
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=tuple(example.values()))
+    dg = tp.DependencyGraph().build_dependency(
+        model, example_inputs=tuple(example.values()), customized_pruners=CUSTOM_PRUNERS
+    )
     done: dict[str, tuple[int, int]] = {}
     for site in _patch(dg):
         name = names.get(site.producer)

@@ -36,6 +36,12 @@ class InputInfo(BaseModel):
     name: str
     shape: list[int | str | None] = Field(description="Dims: an int, a symbolic name, or null.")
     dtype: str
+    distribution: str | None = Field(
+        None,
+        description="How the engine samples this input unless the spec says otherwise: float rank-4 "
+        "inputs are images (calibration data needed), other floats normal latents, integer inputs "
+        "indexing an embedding table randint labels; null: the spec must describe it.",
+    )
 
 
 class ModelInfo(BaseModel):
@@ -183,8 +189,27 @@ def _inputs(graph: Any) -> list[InputInfo]:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name
         except (KeyError, ValueError, TypeError):
             dtype = onnx.TensorProto.DataType.Name(tt.elem_type).lower()
-        out.append(InputInfo(name=vi.name, shape=dims, dtype=dtype))
+        out.append(
+            InputInfo(name=vi.name, shape=dims, dtype=dtype, distribution=_guess(graph, vi.name, dtype, dims))
+        )
     return out
+
+
+def _guess(graph: Any, name: str, dtype: str, dims: list[int | str | None]) -> str | None:
+    """The engine's default for an input without a spec (worker/engine/importers.graph_inputs)."""
+    if dtype == "float32":
+        return "calibration" if len(dims) == 4 else "normal"
+    if dtype in ("int64", "int32"):
+        init = {t.name for t in graph.initializer}
+        for node in graph.node:
+            if (
+                node.op_type == "Gather"
+                and len(node.input) == 2
+                and node.input[1] == name
+                and node.input[0] in init
+            ):
+                return "randint"
+    return None
 
 
 def sniff_calibration(path: Path) -> CalibrationInfo:

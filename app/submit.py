@@ -16,13 +16,14 @@ from app.jobs import JobRecord, JobState, JobStore, new_job_id
 from app.queue import JobQueue
 from app.settings import Settings
 from app.uploads import CalibrationRecord, ModelRecord
-from worker.errors import BadCalibrationError, BadSpecError, MissingInputSpecError
+from worker.errors import BadCalibrationError, BadSpecError, MissingInputSpecError, UnsupportedOpError
 from worker.spec import CompressionSpec, Distribution, ModelFormat
 from worker.spec_cli import validate_spec
 
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_KEY_MAX = 200
+SUPPORTED_DTYPES = ("float32", "int64", "int32")
 
 
 def check_spec(
@@ -41,30 +42,62 @@ def check_spec(
             'a TorchScript model needs an input spec, e.g. "inputs": {"z": {"shape": [1, 100, 1, 1]}}'
         )
     graph_inputs = [i.name for i in model.inputs] if model.inputs is not None else None
-    if spec.inputs and graph_inputs is not None:
+    if spec.inputs and graph_inputs is not None:  # the engine's wording (importers.merge_inputs)
         unknown = sorted(set(spec.inputs) - set(graph_inputs))
         if unknown:
-            raise BadSpecError(f"inputs: unknown input(s) {unknown}; the model's inputs: {graph_inputs}")
-    known = list(spec.inputs) if spec.inputs else graph_inputs
-    images = [n for n, s in (spec.inputs or {}).items() if s.distribution == Distribution.CALIBRATION]
+            raise MissingInputSpecError(
+                f"input spec names {unknown} are not inputs of the model; its inputs: {sorted(graph_inputs)}"
+            )
+    dists = _distributions(model, spec)
+    images = [n for n, d in dists.items() if d == Distribution.CALIBRATION]
     for name in calibration:
         if name == "":
-            if len(images) > 1:
+            if len(images) != 1:
                 raise BadCalibrationError(
-                    f"the model has several image inputs {images}: name each calibration file "
+                    f"the model has {len(images)} image inputs {images}: name each calibration file "
                     "(field calibration.<input name>)"
+                    if images
+                    else "calibration images were given but no input takes images (distribution 'calibration')"
                 )
-        elif known is not None and name not in known:
-            raise BadCalibrationError(f"calibration for unknown input {name!r}; the model's inputs: {known}")
-        elif spec.inputs and name not in images:
+        elif name not in dists:
             raise BadCalibrationError(
-                f"input {name!r} is sampled ({spec.inputs[name].distribution}), not from calibration "
-                "images; set its distribution to 'calibration'"
+                f"calibration for unknown input {name!r}; the model's inputs: {sorted(dists)}"
+            )
+        elif name not in images:
+            raise BadCalibrationError(
+                f"input {name!r} is sampled ({dists[name]}), not taken from calibration images; "
+                "set its distribution to 'calibration' in the input spec"
             )
     for name in images:
         if name not in calibration and not ("" in calibration and len(images) == 1):
-            raise BadCalibrationError(f"input {name!r} takes calibration images: upload them")
+            raise BadCalibrationError(
+                f"input {name!r} is an image input: supply calibration images for it (.npy/.npz/.zip), "
+                "or give it another distribution in the input spec"
+            )
     return spec
+
+
+def _distributions(model: ModelRecord, spec: CompressionSpec) -> dict[str, str]:
+    """How the engine will sample each input: the spec's choice, else its default for the graph."""
+    user = spec.inputs or {}
+    if model.inputs is None:  # TorchScript: the spec describes every input
+        return {name: str(s.distribution) for name, s in user.items()}
+    out: dict[str, str] = {}
+    for info in model.inputs:
+        if info.name in user:
+            out[info.name] = str(user[info.name].distribution)
+        elif info.dtype not in SUPPORTED_DTYPES:
+            raise UnsupportedOpError(
+                f"input {info.name!r} has element type {info.dtype}; supported: {', '.join(SUPPORTED_DTYPES)}"
+            )
+        elif info.distribution is None:
+            raise MissingInputSpecError(
+                f"integer input {info.name!r}: give its range in the input spec, e.g. "
+                f'{{"{info.name}": {{"shape": [1], "dtype": "{info.dtype}", "distribution": "randint", "high": 10}}}}'
+            )
+        else:
+            out[info.name] = info.distribution
+    return out
 
 
 def fingerprint(model_id: str, calibration: dict[str, str], spec: dict[str, Any]) -> str:

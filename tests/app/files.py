@@ -12,24 +12,33 @@ import numpy as np
 def onnx_bytes(
     *,
     name: str = "z",
-    shape: tuple[int, ...] = (1, 8, 4, 4),
+    shape: tuple[int | str, ...] = (1, 8),
     external: bool = False,
     op: str = "ConvTranspose",
 ) -> bytes:
-    """A tiny generator graph: ``z -> ConvTranspose -> Tanh -> img`` (opset 17)."""
+    """A tiny generator graph (opset 17): a latent ``z [1, C]`` (reshaped to ``[N, C, 1, 1]``) or, with
+    a rank-4 ``shape``, an image-like input, then ``ConvTranspose -> Tanh -> img``."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((shape[1], 3, 4, 4)).astype(np.float32), "w")
+    channels = int(shape[1])
+    w = numpy_helper.from_array(rng.standard_normal((channels, 3, 4, 4)).astype(np.float32), "w")
     if external:
         w.ClearField("raw_data")
         w.data_location = TensorProto.EXTERNAL
         for k, v in (("location", "weights.bin"), ("offset", "0"), ("length", "1536")):
             entry = w.external_data.add()
             entry.key, entry.value = k, v
+    inits = [w]
+    nodes = []
+    x = name
+    if len(shape) == 2:
+        inits.append(numpy_helper.from_array(np.array([-1, channels, 1, 1], np.int64), "to4d"))
+        nodes.append(helper.make_node("Reshape", [name, "to4d"], ["x4"]))
+        x = "x4"
     attrs = {"strides": [2, 2], "pads": [1, 1, 1, 1]} if op == "ConvTranspose" else {}
-    nodes = [
-        helper.make_node(op, [name, "w"], ["h"], **attrs),
+    nodes += [
+        helper.make_node(op, [x, "w"], ["h"], **attrs),
         helper.make_node("Tanh", ["h"], ["img"]),
     ]
     graph = helper.make_graph(
@@ -37,7 +46,7 @@ def onnx_bytes(
         "g",
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))],
         [helper.make_tensor_value_info("img", TensorProto.FLOAT, None)],
-        [w],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -98,6 +107,34 @@ def i2i_onnx_bytes(channels: int = 8, size: int = 16) -> bytes:
         [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 3, size, size])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, size, size])],
         [w1, b1, w2, b2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def generator_onnx_bytes(latent: int = 8, hidden: int = 16) -> bytes:
+    """A tiny noise-to-image generator with a prunable hidden layer and a dynamic batch:
+    ``z [N, latent] -> [N, latent, 1, 1] -> ConvT(4) -> Relu -> ConvT(4, s2, p1) -> Tanh -> img [N, 3, 8, 8]``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array((rng.standard_normal((latent, hidden, 4, 4)) * 0.3).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((hidden, 3, 4, 4)) * 0.3).astype(np.float32), "w2")
+    to4d = numpy_helper.from_array(np.array([-1, latent, 1, 1], np.int64), "to4d")
+    nodes = [
+        helper.make_node("Reshape", ["z", "to4d"], ["z4"]),
+        helper.make_node("ConvTranspose", ["z4", "w1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("ConvTranspose", ["h2", "w2"], ["h3"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Tanh", ["h3"], ["img"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gen",
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", latent])],
+        [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [w1, w2, to4d],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -15,7 +15,8 @@ from app.settings import Settings
 from tests.app.files import image_zip, npy_bytes, onnx_bytes, torchscript_zip
 
 SPEC = {"distill": {"steps": 5, "budget_seconds": 5}}
-TS_SPEC = {"inputs": {"z": {"shape": [1, 8, 4, 4]}}, **SPEC}
+TS_SPEC = {"inputs": {"z": {"shape": [1, 8]}}, **SPEC}
+IMAGE_MODEL = onnx_bytes(shape=(1, 8, 4, 4))  # a float rank-4 input: an image input by default
 
 
 def assert_problem(r: Any, status: int, code: str) -> dict[str, Any]:
@@ -44,7 +45,7 @@ def onnx_model(client: TestClient, **kw: Any) -> dict[str, Any]:
 def test_upload_onnx_reports_inputs_and_dedups(client: TestClient) -> None:
     a = onnx_model(client)
     assert a["format"] == "onnx" and a["bytes"] == len(onnx_bytes())
-    assert a["inputs"] == [{"name": "z", "shape": [1, 8, 4, 4], "dtype": "float32"}]
+    assert a["inputs"] == [{"name": "z", "shape": [1, 8], "dtype": "float32", "distribution": "normal"}]
     b = client.post("/v1/models", content=onnx_bytes(), headers={"content-type": "application/octet-stream"})
     assert b.status_code == 201 and b.json()["id"] == a["id"] and b.json()["sha256"] == a["sha256"]
     assert client.get(f"/v1/models/{a['id']}").json()["sha256"] == a["sha256"]
@@ -159,17 +160,56 @@ def test_submit_multipart_with_calibration(client: TestClient) -> None:
     spec = {"inputs": {"z": {"shape": [1, 8, 4, 4], "distribution": "calibration"}}, **SPEC}
     r = client.post(
         "/v1/jobs",
-        files={"model": ("g.onnx", onnx_bytes()), "calibration": ("c.npy", npy_bytes((4, 8, 4, 4)))},
+        files={"model": ("g.onnx", IMAGE_MODEL), "calibration": ("c.npy", npy_bytes((4, 8, 4, 4)))},
         data={"spec": json.dumps(spec)},
     )
     assert r.status_code == 202, r.text
     assert list(r.json()["calibration"]) == [""]
     r = client.post(
         "/v1/jobs",
-        files={"model": ("g.onnx", onnx_bytes()), "calibration.z": ("c.npy", npy_bytes((4, 8, 4, 4)))},
+        files={"model": ("g.onnx", IMAGE_MODEL), "calibration.z": ("c.npy", npy_bytes((4, 8, 4, 4)))},
         data={"spec": json.dumps(spec)},
     )
     assert r.status_code == 202 and list(r.json()["calibration"]) == ["z"]
+
+
+def test_image_inputs_follow_the_engine_defaults(client: TestClient) -> None:
+    """Without an input spec a float rank-4 ONNX input is an image input: calibration needed."""
+    m = client.post("/v1/models", files={"file": ("i.onnx", IMAGE_MODEL)}).json()
+    assert m["inputs"][0]["distribution"] == "calibration"
+    body = assert_problem(
+        client.post("/v1/jobs", json={"model_id": m["id"], "spec": SPEC}), 422, "bad_calibration"
+    )
+    assert "image input" in body["detail"]
+    cal = client.post("/v1/calibrations", files={"file": ("c.npy", npy_bytes((4, 8, 4, 4)))}).json()
+    r = client.post("/v1/jobs", json={"model_id": m["id"], "calibration_id": cal["id"], "spec": SPEC})
+    assert r.status_code == 202, r.text
+    # ...unless the spec samples it.
+    spec = {**SPEC, "inputs": {"z": {"shape": [1, 8, 4, 4], "distribution": "normal"}}}
+    assert client.post("/v1/jobs", json={"model_id": m["id"], "spec": spec}).status_code == 202
+    r = client.post("/v1/jobs", json={"model_id": m["id"], "calibration_id": cal["id"], "spec": spec})
+    assert_problem(r, 422, "bad_calibration")
+    # A latent model given calibration images it cannot use.
+    latent = onnx_model(client)
+    r = client.post("/v1/jobs", json={"model_id": latent["id"], "calibration_id": cal["id"], "spec": SPEC})
+    assert_problem(r, 422, "bad_calibration")
+
+
+def test_integer_input_without_embedding_needs_a_spec(client: TestClient) -> None:
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("Cast", ["label"], ["img"], to=TensorProto.FLOAT)], "g",
+        [helper.make_tensor_value_info("label", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("img", TensorProto.FLOAT, [1])],
+    )  # fmt: skip
+    m = upload(
+        client, helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    ).json()
+    assert m["inputs"][0]["distribution"] is None
+    assert_problem(client.post("/v1/jobs", json={"model_id": m["id"]}), 422, "missing_input_spec")
+    spec = {"inputs": {"label": {"shape": [1], "dtype": "int64", "distribution": "randint", "high": 10}}}
+    assert client.post("/v1/jobs", json={"model_id": m["id"], "spec": spec}).status_code == 202
 
 
 @pytest.mark.parametrize(
@@ -180,7 +220,7 @@ def test_submit_multipart_with_calibration(client: TestClient) -> None:
         ({"distill": {"losses": {"nope": 1}}}, "invalid_spec"),
         ({"unknown": 1}, "invalid_spec"),
         ({"distill": {"budget_seconds": 10**6}}, "invalid_spec"),
-        ({"inputs": {"x": {"shape": [1, 8, 4, 4]}}}, "invalid_spec"),
+        ({"inputs": {"x": {"shape": [1, 8]}}}, "missing_input_spec"),
         ({"inputs": {"z": {"shape": [1, 8, 4, 4], "distribution": "calibration"}}}, "bad_calibration"),
     ],
 )

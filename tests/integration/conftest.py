@@ -151,3 +151,13 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} still {job['state']} after {timeout} s: {job}")
         time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny noise-to-image ONNX generator (built here, so these tests do not need the zoo)."""
+    from tests.app.files import generator_onnx_bytes
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny_generator.onnx"
+    path.write_bytes(generator_onnx_bytes())
+    return path

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.app.files import torchscript_zip
-from tests.integration.conftest import Service, zoo_file
+from tests.integration.conftest import Service
 
 pytestmark = pytest.mark.integration
 
@@ -23,28 +23,28 @@ def submit(service: Service, *args: str, timeout: float = 400) -> subprocess.Com
 TINY = ["--steps", "5", "--budget-seconds", "5"]
 
 
-def test_submit_wait_passes_and_downloads(service: Service, tmp_path: Path) -> None:
+def test_submit_wait_passes_and_downloads(service: Service, tmp_path: Path, tiny_model: Path) -> None:
     out = tmp_path / "out"
-    r = submit(service, str(zoo_file("model.op17.onnx")), *TINY, "--wait", "--out", str(out),
+    r = submit(service, str(tiny_model), *TINY, "--wait", "--out", str(out),
                "--fail-if", "ssim<-1", "--fail-if", "speedup<0.0001")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert {"model.onnx", "report.json", "report.html", "log.txt"} <= {p.name for p in out.iterdir()}
     assert "ssim" in r.stdout and "report" in r.stdout and "pass" in r.stdout
 
 
-def test_submit_gate_failure_exits_1(service: Service) -> None:
-    r = submit(service, str(zoo_file("model.op17.onnx")), *TINY, "--wait", "--fail-if", "ssim<2")
+def test_submit_gate_failure_exits_1(service: Service, tiny_model: Path) -> None:
+    r = submit(service, str(tiny_model), *TINY, "--wait", "--fail-if", "ssim<2")
     assert r.returncode == 1, r.stderr
     assert "FAIL" in r.stdout
 
 
-def test_submit_bad_input_exits_2(service: Service, tmp_path: Path) -> None:
+def test_submit_bad_input_exits_2(service: Service, tmp_path: Path, tiny_model: Path) -> None:
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"definitely not a model" * 10)
     r = submit(service, str(garbage), "--wait")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("gancompress: error: unsupported_format: ")
-    r = submit(service, str(zoo_file("model.op17.onnx")), "--ratio", "3", "--wait")
+    r = submit(service, str(tiny_model), "--ratio", "3", "--wait")
     assert r.returncode == 2 and "gancompress: error: invalid_spec: prune.ratio" in r.stderr
     r = submit(service, str(tmp_path / "missing.onnx"), "--wait")
     assert r.returncode == 2 and "not found" in r.stderr
@@ -58,20 +58,20 @@ def test_submit_failed_job_exits_2(service: Service, tmp_path: Path) -> None:
     assert r.stderr.strip().splitlines()[-1].startswith("gancompress: error: ")
 
 
-def test_submit_without_wait_prints_the_job(service: Service) -> None:
+def test_submit_without_wait_prints_the_job(service: Service, tiny_model: Path) -> None:
     import httpx
 
-    r = submit(service, str(zoo_file("model.op17.onnx")), "--steps", "100000", "--budget-seconds", "600")
+    r = submit(service, str(tiny_model), "--steps", "100000", "--budget-seconds", "600")
     assert r.returncode == 0, r.stderr
     job = json.loads(r.stdout)
     assert job["state"] == "queued" and job["id"].startswith("job_")
     assert httpx.post(f"{service.url}/v1/jobs/{job['id']}:cancel").status_code in (200, 202)
 
 
-def test_compress_locally(tmp_path: Path) -> None:
+def test_compress_locally(tmp_path: Path, tiny_model: Path) -> None:
     """``gancompress compress`` runs the engine in-process and prints the summary."""
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "app.cli", "compress", str(zoo_file("model.op17.onnx")), "--out", str(out),
+    argv = [sys.executable, "-m", "app.cli", "compress", str(tiny_model), "--out", str(out),
             "--steps", "5", "--budget-seconds", "5", "--fail-if", "ssim<-1"]  # fmt: skip
     r = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr

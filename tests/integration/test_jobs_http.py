@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.app.files import onnx_bytes, torchscript_zip
-from tests.integration.conftest import TINY_SPEC, Service, dcgan_inputs, wait_for, zoo_file
+from tests.integration.conftest import TINY_SPEC, ZOO, Service, dcgan_inputs, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -62,16 +62,50 @@ def _whole_job(service: Service, model: Path, spec: dict[str, Any], tmp_path: Pa
         return job
 
 
-def test_onnx_job(service: Service, tmp_path: Path) -> None:
-    _whole_job(service, zoo_file("model.op17.onnx"), TINY_SPEC, tmp_path)
+def test_onnx_job(service: Service, tmp_path: Path, tiny_model: Path) -> None:
+    """The zoo's DCGAN as ONNX (a tiny generator built here while the zoo is not built)."""
+    zoo = ZOO / "dcgan" / "model.op17.onnx"
+    _whole_job(service, zoo if zoo.is_file() else tiny_model, TINY_SPEC, tmp_path)
 
 
 def test_torchscript_job(service: Service, tmp_path: Path) -> None:
-    _whole_job(service, zoo_file("model.pt"), {**TINY_SPEC, "inputs": dcgan_inputs()}, tmp_path)
+    """The zoo's DCGAN as TorchScript (a tiny traced generator while the zoo is not built)."""
+    zoo = ZOO / "dcgan" / "model.pt"
+    if zoo.is_file():
+        model, inputs = zoo, dcgan_inputs()
+    else:
+        model, inputs = _traced_generator(tmp_path), {"z": {"shape": [1, 8]}}
+    _whole_job(service, model, {**TINY_SPEC, "inputs": inputs}, tmp_path)
 
 
-def test_cancel_running_job_then_worker_goes_on(service: Service) -> None:
-    model = zoo_file("model.op17.onnx")
+def _traced_generator(tmp_path: Path) -> Path:
+    """The test side may use torch (the service under test loads it only in its sandbox)."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Gen(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 16 * 4 * 4)
+            self.up = nn.ConvTranspose2d(16, 8, 4, 2, 1)
+            self.out = nn.ConvTranspose2d(8, 3, 4, 2, 1)
+
+        def forward(self, z: Any) -> Any:
+            h = torch.relu(self.fc(z)).view(-1, 16, 4, 4)
+            return torch.tanh(self.out(torch.relu(self.up(h))))
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(Gen().eval(), torch.randn(1, 8)), str(path))
+    return path
+
+
+def test_cancel_running_job_then_worker_goes_on(service: Service, tiny_model: Path) -> None:
+    model = tiny_model
     long_spec = {"distill": {"steps": 1_000_000, "budget_seconds": 600}}
     with service.client() as c:
         mid = c.post("/v1/models", files={"file": ("m.onnx", model.read_bytes())}).json()["id"]
@@ -89,7 +123,7 @@ def test_cancel_running_job_then_worker_goes_on(service: Service) -> None:
         assert wait_for(c, nxt["id"], ("succeeded", "failed"))["state"] == "succeeded"
 
 
-def test_crashing_upload_fails_only_its_job(service: Service) -> None:
+def test_crashing_upload_fails_only_its_job(service: Service, tiny_model: Path) -> None:
     spec = {**TINY_SPEC, "inputs": {"z": {"shape": [1, 8, 1, 1]}}}
     with service.client() as c:
         bad = c.post("/v1/jobs", files={"model": ("bad.pt", torchscript_zip(garbage=True))},
@@ -98,7 +132,7 @@ def test_crashing_upload_fails_only_its_job(service: Service) -> None:
         weird = c.post("/v1/jobs", files={"model": ("weird.onnx", onnx_bytes(op="NotARealOp"))},
                        data={"spec": json.dumps(TINY_SPEC)})  # fmt: skip
         assert weird.status_code == 202, weird.text
-        good_model = zoo_file("model.op17.onnx")
+        good_model = tiny_model
         mid = c.post("/v1/models", files={"file": ("m.onnx", good_model.read_bytes())}).json()["id"]
         good = c.post("/v1/jobs", json={"model_id": mid, "spec": TINY_SPEC}).json()
         failed = wait_for(c, bad.json()["id"], ("succeeded", "failed", "canceled"))
@@ -112,8 +146,8 @@ def test_crashing_upload_fails_only_its_job(service: Service) -> None:
         assert wait_for(c, good["id"], ("succeeded", "failed"))["state"] == "succeeded"
 
 
-def test_idempotent_retry_and_etag_over_http(service: Service) -> None:
-    model = zoo_file("model.op17.onnx")
+def test_idempotent_retry_and_etag_over_http(service: Service, tiny_model: Path) -> None:
+    model = tiny_model
     with service.client() as c:
         mid = c.post("/v1/models", files={"file": ("m.onnx", model.read_bytes())}).json()["id"]
         spec = {"distill": {"steps": 1_000_000, "budget_seconds": 600}}

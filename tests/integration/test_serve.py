@@ -69,11 +69,11 @@ def test_serve_embedded_starts_and_stops_cleanly(tmp_path: Path, sig: int) -> No
             proc.kill()
 
 
-def test_sigterm_with_a_running_job_leaves_no_orphan(tmp_path: Path) -> None:
+def test_sigterm_with_a_running_job_leaves_no_orphan(tmp_path: Path, tiny_model: Path) -> None:
     """The sandboxed engine of a running job dies too, and the job is marked failed on the way out."""
-    from tests.integration.conftest import wait_for, zoo_file
+    from tests.integration.conftest import wait_for
 
-    model = zoo_file("model.op17.onnx")
+    model = tiny_model
     proc, url = _serve(tmp_path)
     try:
         _wait_ready(proc, url, tmp_path / "serve.log")

@@ -48,6 +48,10 @@ def check_spec(
             raise MissingInputSpecError(
                 f"input spec names {unknown} are not inputs of the model; its inputs: {sorted(graph_inputs)}"
             )
+    if "" in calibration and len(calibration) > 1:
+        raise BadCalibrationError(
+            "give calibration files either unnamed (one image input) or each named, not both"
+        )
     dists = _distributions(model, spec)
     images = [n for n, d in dists.items() if d == Distribution.CALIBRATION]
     for name in calibration:

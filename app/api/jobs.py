@@ -135,9 +135,13 @@ async def _from_json(
         from fastapi.exceptions import RequestValidationError
 
         raise RequestValidationError(e.errors()) from e
-    model = svc.uploads.model(owner, req.model_id)
     cal_ids = {"": req.calibration_id} if isinstance(req.calibration_id, str) else (req.calibration_id or {})
-    calibration = {name: svc.uploads.calibration(owner, cid) for name, cid in cal_ids.items()}
+
+    def lookup() -> tuple[ModelRecord, dict[str, CalibrationRecord]]:
+        model = svc.uploads.model(owner, req.model_id)
+        return model, {name: svc.uploads.calibration(owner, cid) for name, cid in cal_ids.items()}
+
+    model, calibration = await run_in_threadpool(lookup)
     return model, calibration, req.spec
 
 

@@ -13,6 +13,8 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -78,12 +80,14 @@ class Embedded:
         rdir = (self.data_dir / "redis").resolve()
         rdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
+        password = secrets.token_hex(16)  # other local users cannot reach the embedded Redis
         argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir), "--daemonize", "no",
+                "--requirepass", password,
                 "--appendonly", "yes", "--save", "300 1", "--logfile", str(rdir / "redis.log")]  # fmt: skip
         self.redis = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_pdeathsig
         )
-        url = f"redis://127.0.0.1:{port}/0"
+        url = f"redis://:{password}@127.0.0.1:{port}/0"
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -95,7 +99,7 @@ class Embedded:
                         f"the embedded redis-server did not start (see {rdir / 'redis.log'})"
                     ) from None
                 time.sleep(0.1)
-        log.info("serve.redis_started url=%s dir=%s pid=%d", url, rdir, self.redis.pid)
+        log.info("serve.redis_started port=%d dir=%s pid=%d", port, rdir, self.redis.pid)
         return url
 
     def start_worker(self) -> subprocess.Popen[bytes]:
@@ -177,6 +181,10 @@ class Embedded:
             log.warning("serve.fail_interrupted_failed error=%s", e)
 
 
+def _mask(url: str) -> str:
+    return re.sub(r"//([^@/]*):[^@/]*@", r"//\1:***@", url)
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -189,7 +197,7 @@ def _banner(url: str, settings: Settings) -> None:
     )
     lines = [
         f"gancompress serving on {url}  (API docs: {url}/docs)",
-        f"  redis:   {settings.redis_url}",
+        f"  redis:   {_mask(settings.redis_url)}",
         f"  storage: {settings.storage_url}",
         f"  auth:    {auth}",
         "  stop:    Ctrl-C",

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from app.errors import ExternalDataError
 from worker.errors import BadCalibrationError, CorruptModelError, UnsupportedFormatError
-from worker.spec import ModelFormat
+from worker.spec import ModelFormat, default_distribution
 
 ZIP_MAGIC = b"PK\x03\x04"
 NPY_MAGIC = b"\x93NUMPY"
@@ -196,20 +196,14 @@ def _inputs(graph: Any) -> list[InputInfo]:
 
 
 def _guess(graph: Any, name: str, dtype: str, dims: list[int | str | None]) -> str | None:
-    """The engine's default for an input without a spec (worker/engine/importers.graph_inputs)."""
-    if dtype == "float32":
-        return "calibration" if len(dims) == 4 else "normal"
-    if dtype in ("int64", "int32"):
-        init = {t.name for t in graph.initializer}
-        for node in graph.node:
-            if (
-                node.op_type == "Gather"
-                and len(node.input) == 2
-                and node.input[1] == name
-                and node.input[0] in init
-            ):
-                return "randint"
-    return None
+    """The engine's default for an input without a spec (``worker.spec.default_distribution``)."""
+    init = {t.name for t in graph.initializer}
+    indexes_table = any(
+        node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == name and node.input[0] in init
+        for node in graph.node
+    )
+    found = default_distribution(dims, dtype, indexes_table)
+    return found.value if found is not None else None
 
 
 def sniff_calibration(path: Path) -> CalibrationInfo:

@@ -88,6 +88,24 @@ class ModelFormat(StrEnum):
     ONNX = "onnx"
 
 
+def default_distribution(
+    shape: list[int | str | None], dtype: str, indexes_table: bool
+) -> Distribution | None:
+    """How an input without a user spec is sampled (one rule for the API and the engine).
+
+    float ``[N, C, H, W]`` with H, W > 1 (or unknown): an image, calibration data needed;
+    other float inputs (incl. DCGAN-style ``[N, C, 1, 1]`` latents): normal; integer inputs that
+    index an embedding table: randint over its rows; anything else: None (a spec is needed).
+    """
+    if dtype == "float32":
+        spatial = shape[2:] if len(shape) == 4 else []
+        is_image = len(shape) == 4 and not all(isinstance(d, int) and d == 1 for d in spatial)
+        return Distribution.CALIBRATION if is_image else Distribution.NORMAL
+    if dtype in ("int64", "int32") and indexes_table:
+        return Distribution.RANDINT
+    return None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

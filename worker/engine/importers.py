@@ -32,7 +32,7 @@ from worker.errors import (
     UnsupportedFormatError,
     UnsupportedOpError,
 )
-from worker.spec import Distribution, InputSpec, ModelFormat
+from worker.spec import Distribution, InputSpec, ModelFormat, default_distribution
 
 log = logging.getLogger(__name__)
 
@@ -127,23 +127,33 @@ def graph_inputs(model: onnx.ModelProto) -> dict[str, InputSpec]:
                 f"input {vi.name!r} has element type {TensorProto.DataType.Name(tt.elem_type)}; "
                 "supported: float32, int64, int32"
             )
-        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
+        dims: list[int | str | None] = [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+            for d in tt.shape.dim
+        ]
+        shape = [d if isinstance(d, int) else 1 for d in dims]
         if shape:
             shape[0] = 1
         else:
             shape = [1]
-        if dtype != "float32":
-            high = _embedding_rows(model, vi.name, inits)
-            if high is None:
-                out[vi.name] = None  # type: ignore[assignment]  # needs a user spec
-                continue
-            out[vi.name] = InputSpec(
-                shape=shape, dtype=dtype, distribution=Distribution.RANDINT, low=0, high=high
-            )
-        elif len(shape) == 4:
-            out[vi.name] = InputSpec(shape=shape, distribution=Distribution.CALIBRATION)
+        high = _embedding_rows(model, vi.name, inits) if dtype != "float32" else None
+        dist = default_distribution(dims, dtype, high is not None)
+        if dist is None:
+            out[vi.name] = None  # type: ignore[assignment]  # needs a user spec
+        elif dist == Distribution.RANDINT:
+            out[vi.name] = InputSpec(shape=shape, dtype=dtype, distribution=dist, low=0, high=high or 1)
         else:
-            out[vi.name] = InputSpec(shape=shape, distribution=Distribution.NORMAL)
+            out[vi.name] = InputSpec(shape=shape, distribution=dist)
+    return out
+
+
+def dynamic_spatial_inputs(model: onnx.ModelProto) -> set[str]:
+    """Image inputs whose height or width is symbolic (fully convolutional exports)."""
+    out = set()
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) == 4 and any(not (d.HasField("dim_value") and d.dim_value > 0) for d in dims[2:]):
+            out.add(vi.name)
     return out
 
 

@@ -23,13 +23,14 @@ from worker.engine import blocks as block_prune
 from worker.engine import prune
 from worker.engine.distill import DistillResult, distill, heldout_score
 from worker.engine.export import ExportResult, cleanup, export_student
-from worker.engine.importers import ImportedModel, import_model
+from worker.engine.importers import ImportedModel, dynamic_spatial_inputs, import_model
 from worker.engine.sampling import InputSampler, load_calibration
 from worker.errors import BadCalibrationError, CanceledError
 from worker.spec import CompressionSpec, Distribution, Progress, PruneMethod, Stage
 
 log = logging.getLogger(__name__)
 
+MAX_DYNAMIC_SIDE = 256  # crop side for image inputs of symbolic size
 HELDOUT_N = 32  # held-out samples for the quality report (images: all held-out images, cycled)
 ProgressFn = Callable[[Progress], None]
 
@@ -102,7 +103,16 @@ def _load_calibrations(imported: ImportedModel, files: dict[str, Path]) -> dict[
         raise BadCalibrationError(
             f"calibration given for {unknown}, which are not image inputs; image inputs: {image_inputs}"
         )
-    return {n: load_calibration(p, imported.inputs[n], n) for n, p in files.items()}
+    dynamic = dynamic_spatial_inputs(imported.onnx_model)
+    arrays: dict[str, np.ndarray] = {}
+    for n, p in files.items():
+        spec = imported.inputs[n]
+        if n in dynamic:  # symbolic H, W: train and evaluate at the calibration images' size
+            probe = load_calibration(p, spec.model_copy(update={"shape": [1, spec.shape[1], 1, 1]}), n)
+            size = [min(probe.shape[2], MAX_DYNAMIC_SIDE), min(probe.shape[3], MAX_DYNAMIC_SIDE)]
+            spec = imported.inputs[n] = spec.model_copy(update={"shape": [1, spec.shape[1], *size]})
+        arrays[n] = load_calibration(p, spec, n)
+    return arrays
 
 
 def _taylor_grads(teacher: nn.Module, student: nn.Module, sampler: InputSampler, batch_size: int) -> None:

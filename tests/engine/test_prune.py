@@ -120,11 +120,20 @@ def test_pixelshuffle_blocks_stay_aligned() -> None:
     assert torch.allclose(model(x["x"]), before, atol=1e-6)
 
 
-def test_reshape_coupled_linear_is_left_whole(tiny_onnx: dict[str, Path]) -> None:
+def test_reshape_coupled_linear_is_pruned_in_blocks(tiny_onnx: dict[str, Path]) -> None:
+    """Linear(16 -> 32*4*4) -> view(32, 4, 4) -> BatchNorm(32): the projection loses whole
+    blocks of 16 features, coupled with the BatchNorm and the ConvTranspose after it."""
     model, ex = _load(tiny_onnx["dcgan"])
-    plan = plan_channel_pruning(model, ex, PruneSpec(ratio=0.5))
-    linear = [n for n, m in prunable_layers(model).items() if isinstance(m, nn.Linear)]
-    assert linear and all("reshape" in plan.kept[n] for n in linear)
+    spec = PruneSpec(ratio=0.5)
+    plan = plan_channel_pruning(model, ex, spec)
+    (linear,) = [n for n, m in prunable_layers(model).items() if isinstance(m, nn.Linear)]
+    assert "reshape" in plan.kept[linear] and linear in plan.shuffle
+    prune_step(model, ex, make_pruner(model, ex, spec, plan, 0.5), plan, 0.5)
+    plan.record_after(model)
+    assert plan.layers[linear].channels_after == 16 * 16
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert bn.num_features == 16
+    assert model(*ex.values()).shape == (2, 1, 16, 16)
 
 
 def test_ignore_patterns(tiny_onnx: dict[str, Path]) -> None:

@@ -259,10 +259,15 @@ def to_torch(model: onnx.ModelProto) -> fx.GraphModule:
         raise UnsupportedOpError(f"ONNX graph could not be converted to torch: {_first_line(e)}") from e
     gm = gm.float().eval()
     _prelu_to_module(gm)
-    from worker.engine.rewrite import channel_constants_to_layers, demodulation_to_layers
+    from worker.engine.rewrite import (
+        channel_constants_to_layers,
+        demodulation_to_layers,
+        reshape_infers_channels,
+    )
 
     demodulation_to_layers(gm)
     channel_constants_to_layers(gm)
+    reshape_infers_channels(gm)
     return gm
 
 

@@ -41,9 +41,11 @@ PRUNABLE = (
 )
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
 SHUFFLE_REASON = "feeds a PixelShuffle/DepthToSpace (channels become space)"
+RESHAPE_REASON = "feeds a reshape (channels become features or space)"
+BLOCK_REASONS = (SHUFFLE_REASON, RESHAPE_REASON)
 # onnx2torch modules where the channel axis is mixed with space or features.
 CHANNEL_MIXERS = {
-    "OnnxReshape": "feeds a reshape (channels become features or space)",
+    "OnnxReshape": RESHAPE_REASON,
     "OnnxFlatten": "feeds a flatten",
     "OnnxDepthToSpace": SHUFFLE_REASON,
     "OnnxSpaceToDepth": "feeds a SpaceToDepth",
@@ -241,7 +243,10 @@ class PrunePlan:
     def record_after(self, model: nn.Module) -> None:
         for name, m in prunable_layers(model).items():
             if name in self.layers:
-                self.layers[name].channels_after = channels_out(m)
+                rec = self.layers[name]
+                rec.channels_after = channels_out(m)
+                if name in self.shuffle:  # pruned in blocks, or left whole for the reason found
+                    rec.reason_kept = None if rec.pruned else self.kept[name]
 
 
 def require_eager(model: nn.Module) -> None:
@@ -262,11 +267,11 @@ def plan_channel_pruning(
         name: LayerRecord(name, type(m).__name__, channels_out(m), channels_out(m), kept.get(name))
         for name, m in prunable_layers(model).items()
     }
+    # block sites (PixelShuffle producers, Linear -> reshape projections) are pruned in aligned
+    # blocks by shuffle.py; those it cannot handle keep their reason (see record_after)
     shuffle = {
-        n: layers[n].channels_before for n, why in kept.items() if why == SHUFFLE_REASON and n in layers
+        n: layers[n].channels_before for n, why in kept.items() if why in BLOCK_REASONS and n in layers
     }
-    for n in shuffle:
-        layers[n].reason_kept = None
     if all(name in kept and name not in shuffle for name in layers):
         raise PruningError(
             "no layer can be channel-pruned: "

@@ -141,6 +141,35 @@ def channel_constants_to_layers(gm: fx.GraphModule) -> int:
     return n
 
 
+def reshape_infers_channels(gm: fx.GraphModule) -> int:
+    """``Linear -> Reshape(const [-1, C, H, W])`` becomes ``Reshape([0, -1, H, W])``: batch copied,
+    channels inferred, so the projection can lose whole blocks of H*W features (and the graph
+    still reshapes what is left)."""
+    n = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or type(gm.get_submodule(str(node.target))).__name__ != "OnnxReshape":
+            continue
+        if len(node.args) != 2 or not isinstance(node.args[0], fx.Node) or node.args[0].op != "call_module":
+            continue
+        if not isinstance(gm.get_submodule(str(node.args[0].target)), nn.Linear):
+            continue
+        shape = _const(gm, node.args[1])
+        if shape is None or shape.dim() != 1 or shape.numel() != 4 or int(shape[1]) <= 0:
+            continue
+        if int(shape[0]) not in (-1, 0):
+            continue
+        attr = f"{node.name}_shape"
+        gm.register_buffer(attr, torch.tensor([0, -1, int(shape[2]), int(shape[3])], dtype=shape.dtype))
+        with gm.graph.inserting_before(node):
+            const = gm.graph.get_attr(attr)
+        node.args = (node.args[0], const)
+        n += 1
+    if n:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return n
+
+
 def demodulation_to_layers(gm: fx.GraphModule) -> int:
     """Replace ``MatMul(s2, W2)`` where ``W2`` equals ``sum_kk(conv.weight^2)^T`` of a conv in
     the graph by a ``Demodulation`` tied to that conv."""

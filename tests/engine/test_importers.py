@@ -202,3 +202,37 @@ def test_opset_out_of_range(tmp_path: Path) -> None:
     onnx.save(m, str(path))
     with pytest.raises(UnsupportedOpError, match="opset 11"):
         import_model(path, None)
+
+
+class _ListSkips(torch.nn.Module):
+    """Keeps skip tensors in a Python list, as scripted U-Nets do (TorchScript -> ONNX sequences)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = torch.nn.ModuleList([torch.nn.Conv2d(3, 4, 3, 2, 1), torch.nn.Conv2d(4, 8, 3, 2, 1)])
+        self.up = torch.nn.ModuleList(
+            [torch.nn.ConvTranspose2d(8, 4, 4, 2, 1), torch.nn.ConvTranspose2d(8, 3, 4, 2, 1)]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips: list[torch.Tensor] = []
+        for d in self.down:
+            x = torch.relu(d(x))
+            skips.append(x)
+        skips = skips[:-1]
+        x = torch.relu(self.up[0](x))
+        x = torch.cat([x, skips[len(skips) - 1]], dim=1)
+        return torch.tanh(self.up[1](x))
+
+
+def test_scripted_lists_become_plain_tensors(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _ListSkips().eval()
+    path = tmp_path / "unet.pt"
+    torch.jit.script(model).save(str(path))
+    im = import_model(path, {"image": InputSpec(shape=[1, 3, 16, 16], distribution="calibration")})
+    ops = {n.op_type for n in im.onnx_model.graph.node}
+    assert not any(op.startswith("Sequence") for op in ops), ops
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(im.module(x), model(x), atol=PARITY_TOLERANCE)

@@ -242,6 +242,7 @@ def to_torch(model: onnx.ModelProto) -> fx.GraphModule:
     import onnx2torch
     import onnxslim
 
+    model = resolve_static_sequences(model)
     try:
         slim = onnxslim.slim(model)
     except Exception as e:  # slim is an optimisation; an unslimmable graph is still convertible
@@ -262,13 +263,94 @@ def to_torch(model: onnx.ModelProto) -> fx.GraphModule:
     from worker.engine.rewrite import (
         channel_constants_to_layers,
         demodulation_to_layers,
+        drop_identity_slices,
         reshape_infers_channels,
     )
 
+    drop_identity_slices(gm)
     demodulation_to_layers(gm)
     channel_constants_to_layers(gm)
     reshape_infers_channels(gm)
     return gm
+
+
+def resolve_static_sequences(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace tensor-sequence ops whose contents are known statically (the TorchScript exporter
+    writes them for lists kept in scripted code, e.g. U-Net skip connections) by plain tensors.
+
+    Sequences are followed as lists of tensor names through SequenceConstruct/Empty/Insert and
+    Slice; SequenceLength and integer Add/Sub/Mul on known scalars become constants; SequenceAt
+    with a known index becomes the element and ConcatFromSequence a Concat. Graphs whose
+    sequences depend on data are returned unchanged (and fail later, naming the op)."""
+    seq_ops = {"SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceAt", "ConcatFromSequence"}
+    if not any(n.op_type in seq_ops for n in model.graph.node):
+        return model
+    known: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    seqs: dict[str, list[str]] = {}
+    alias: dict[str, str] = {}
+    kept: list[onnx.NodeProto] = []
+
+    def const_node(name: str, value: np.ndarray) -> onnx.NodeProto:
+        known[name] = value
+        return onnx.helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+
+    def scalar(name: str) -> int | None:
+        v = known.get(name)
+        return int(v.reshape(-1)[0]) if v is not None and v.size == 1 else None
+
+    for node in model.graph.node:
+        ins = [alias.get(i, i) for i in node.input]
+        op, out0 = node.op_type, node.output[0] if node.output else ""
+        if op == "Constant" and node.attribute and node.attribute[0].name == "value":
+            known[out0] = numpy_helper.to_array(node.attribute[0].t)
+        if op == "SequenceConstruct":
+            seqs[out0] = list(ins)
+        elif op == "SequenceEmpty":
+            seqs[out0] = []
+        elif op == "SequenceInsert" and ins[0] in seqs:
+            items = list(seqs[ins[0]])
+            pos = scalar(ins[2]) if len(ins) > 2 and ins[2] else len(items)
+            if pos is None:
+                return model
+            items.insert(pos if pos >= 0 else len(items) + pos + 1, ins[1])
+            seqs[out0] = items
+        elif op == "Slice" and ins[0] in seqs:
+            lo, hi = scalar(ins[1]), scalar(ins[2])
+            step = scalar(ins[4]) if len(ins) > 4 and ins[4] else 1
+            if lo is None or hi is None or step is None:
+                return model
+            seqs[out0] = seqs[ins[0]][lo:hi:step]
+        elif op == "SequenceLength" and ins[0] in seqs:
+            kept.append(const_node(out0, np.array(len(seqs[ins[0]]), dtype=np.int64)))
+        elif op == "SequenceAt" and ins[0] in seqs:
+            pos = scalar(ins[1])
+            if pos is None:
+                return model
+            alias[out0] = seqs[ins[0]][pos]
+        elif op == "ConcatFromSequence" and ins[0] in seqs:
+            attrs = {a.name: a.i for a in node.attribute}
+            if attrs.get("new_axis", 0):
+                return model
+            kept.append(
+                onnx.helper.make_node("Concat", seqs[ins[0]], [out0], name=node.name, axis=attrs["axis"])
+            )
+        elif any(i in seqs for i in ins):
+            return model  # a sequence flows into an op we do not resolve
+        elif op in ("Add", "Sub", "Mul") and all(scalar(i) is not None for i in ins):
+            a, b = scalar(ins[0]), scalar(ins[1])
+            value = {"Add": a + b, "Sub": a - b, "Mul": a * b}[op]  # type: ignore[operator]
+            kept.append(const_node(out0, np.array(value, dtype=known[ins[0]].dtype)))
+        else:
+            del node.input[:]
+            node.input.extend(ins)
+            kept.append(node)
+    if any(o.name in alias or o.name in seqs for o in model.graph.output):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    return out
 
 
 # Ops whose newer versions (18..21) only add element types or optional features that a graph
@@ -456,6 +538,7 @@ def import_model(
     else:
         model = load_onnx(path)
         inputs = merge_inputs(graph_inputs(model), user_inputs)  # type: ignore[arg-type]
+    model = resolve_static_sequences(model)
     input_names, output_names = onnx_io_names(model)
     if list(inputs) != input_names:
         inputs = {n: inputs[n] for n in input_names if n in inputs} or inputs

@@ -141,6 +141,32 @@ def channel_constants_to_layers(gm: fx.GraphModule) -> int:
     return n
 
 
+def drop_identity_slices(gm: fx.GraphModule) -> int:
+    """Remove ``Slice`` nodes that keep everything (start 0, end past any size, step 1), as the
+    TorchScript exporter writes for ``s[:, :, None, None]``; they hide a plain channel coupling."""
+    n = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not type(gm.get_submodule(str(node.target))).__name__.startswith(
+            "OnnxSlice"
+        ):
+            continue
+        consts = [_const(gm, a) for a in node.args[1:]]
+        if len(consts) < 2 or any(c is None for c in consts):
+            continue
+        starts, ends = consts[0], consts[1]
+        steps = consts[3] if len(consts) > 3 else None
+        full = bool((starts == 0).all()) and bool((ends >= 2**31 - 1).all())
+        if full and (steps is None or bool((steps == 1).all())):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            n += 1
+    if n:
+        gm.graph.eliminate_dead_code()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    return n
+
+
 def reshape_infers_channels(gm: fx.GraphModule) -> int:
     """``Linear -> Reshape(const [-1, C, H, W])`` becomes ``Reshape([0, -1, H, W])``: batch copied,
     channels inferred, so the projection can lose whole blocks of H*W features (and the graph

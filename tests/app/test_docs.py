@@ -12,7 +12,7 @@ from app.settings import Settings
 from worker.spec_cli import validate_spec
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "readme" / "service.md"
+DOC = ROOT / "README.md"
 
 
 def test_every_setting_is_documented() -> None:

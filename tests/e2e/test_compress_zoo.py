@@ -38,8 +38,23 @@ def _image_input(name: str) -> bool:
 def _run_compress(name: str, fmt: str, out: Path) -> subprocess.CompletedProcess[str]:
     model = registry.model_path(name, fmt=fmt, opset=17 if fmt == "onnx" else None)
     cmd = [
-        sys.executable, "-m", "app.cli", "compress", str(model), "--out", str(out),
-        "--method", "channel", "--ratio", "0.5", "--steps", "60", "--budget-seconds", "10", "--seed", "1",
+        sys.executable,
+        "-m",
+        "app.cli",
+        "compress",
+        str(model),
+        "--out",
+        str(out),
+        "--method",
+        "channel",
+        "--ratio",
+        "0.5",
+        "--steps",
+        "60",
+        "--budget-seconds",
+        "10",
+        "--seed",
+        "1",
     ]
     if fmt == "torchscript":
         cmd += ["--inputs", json.dumps(registry.model_entry(name)["inputs"])]

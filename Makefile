@@ -51,3 +51,8 @@ serve: setup
 demo: setup
 	@test -f worker/zoo/data/dcgan/model.op17.onnx || $(MAKE) zoo
 	$(BIN)/gancompress demo --host $(HOST) --port $(PORT)
+
+## bench: compression benchmark, engine defaults vs a hand-written baseline, on the zoo; writes
+## benchmarks/RESULTS.md (+ .json, quality_vs_macs.png); about 30 minutes on 2 cores
+bench: setup
+	$(BIN)/python -m benchmarks.compress

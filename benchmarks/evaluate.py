@@ -95,13 +95,12 @@ class Evaluation:
         return asdict(self)
 
 
-def evaluate_student(name: str, student: Path, latency_budget_s: float = 8.0) -> Evaluation:
-    """Quality, size, MACs and latency of ``student`` (ONNX) against the zoo teacher of ``name``."""
+def quality(name: str, student: Path) -> tuple[float, float, int]:
+    """(mean PSNR dB, mean SSIM, samples) of ``student`` vs the zoo teacher on the held-out inputs."""
     import torch
 
-    teacher = teacher_path(name)
     feeds = heldout_feeds(name)
-    t_out = run_onnx(teacher, feeds)
+    t_out = run_onnx(teacher_path(name), feeds)
     s_out = run_onnx(student, feeds)
     if s_out.shape != t_out.shape:
         raise ValueError(f"student output {s_out.shape} != teacher output {t_out.shape}")
@@ -109,6 +108,14 @@ def evaluate_student(name: str, student: Path, latency_budget_s: float = 8.0) ->
     ts, tt = torch.from_numpy(s_out).float(), torch.from_numpy(t_out).float()
     p = float(psnr(ts, tt, dr).mean())
     s = float(ssim(ts, tt, data_range=dr, reduction="mean")) if ts.dim() == 4 else float("nan")
+    return p, s, int(t_out.shape[0])
+
+
+def evaluate_student(name: str, student: Path, latency_budget_s: float = 8.0) -> Evaluation:
+    """Quality, size, MACs and latency of ``student`` (ONNX) against the zoo teacher of ``name``."""
+    teacher = teacher_path(name)
+    feeds = heldout_feeds(name)
+    p, s, n = quality(name, student)
     one = {k: v[:1] for k, v in feeds.items()}
     shapes = {k: list(v.shape) for k, v in one.items()}
     ft, fs = measure.measure_model(teacher, shapes), measure.measure_model(student, shapes)
@@ -138,5 +145,5 @@ def evaluate_student(name: str, student: Path, latency_budget_s: float = 8.0) ->
         student_p50_ms_2t=l2.student.p50_ms,
         efficiency=l1.speedup / mac_red if mac_red else float("nan"),
         latency_rounds=l1.rounds,
-        n_samples=int(t_out.shape[0]),
+        n_samples=n,
     )

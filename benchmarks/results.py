@@ -43,7 +43,7 @@ def _versions() -> str:
 
 def plot(payload: dict[str, Any], path: Path) -> None:
     """Two panels (PSNR, SSIM vs MAC reduction), one line per model, drawn with PIL."""
-    w, h, pad = 1100, 480, 60
+    w, h, pad = 1100, 500, 60
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
     series = []
@@ -68,7 +68,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
         lo, hi = lo - 0.05 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9)
         d.rectangle([x0, y0, x1, y1], outline="black")
         d.text((x0, y0 - 20), title, fill="black")
-        d.text(((x0 + x1) // 2 - 60, y1 + 25), "MAC reduction (teacher / student)", fill="black")
+        d.text(((x0 + x1) // 2 - 90, y1 + 22), "MAC reduction (teacher / student)", fill="black")
 
         def px(
             x: float,
@@ -103,8 +103,10 @@ def plot(payload: dict[str, Any], path: Path) -> None:
                 d.line(xy, fill=color, width=2)
             for x, y in xy:
                 d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
-            if k == 1:
-                d.text((x1 - 110, y0 + 8 + 14 * c), f"— {name}", fill=color)
+            if k == 0:  # legend: one row under both panels
+                lx = pad + c * 170
+                d.rectangle([lx, h - 16, lx + 10, h - 6], fill=color)
+                d.text((lx + 14, h - 17), name, fill="black")
     img.save(path)
 
 

@@ -61,3 +61,21 @@ def test_invalid_specs_name_the_field(raw: dict, needle: str) -> None:
 def test_unknown_loss_flag_lists_valid_names() -> None:
     with pytest.raises(BadSpecError, match="valid: l1, mse, ssim, feature"):
         spec_from_args(_args("--loss", "vgg=1"))
+
+
+def test_progress_fraction_is_overall_and_monotonic() -> None:
+    from worker.spec import Progress, Stage
+
+    seq = [
+        Progress(stage=Stage.IMPORT),
+        Progress(stage=Stage.PRUNE, step=1, total=1),
+        Progress(stage=Stage.DISTILL, step=1, total=100),
+        Progress(stage=Stage.DISTILL, step=100, total=100),
+        Progress(stage=Stage.EXPORT),
+        Progress(stage=Stage.REPORT),
+        Progress(stage=Stage.DONE, step=1, total=1),
+    ]
+    fractions = [p.fraction for p in seq]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert seq[3].fraction == pytest.approx(0.80)  # prune done (0.15) + all of distill (0.65)
+    assert seq[2].stage_fraction == pytest.approx(0.01)

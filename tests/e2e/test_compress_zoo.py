@@ -50,9 +50,9 @@ def _run_compress(name: str, fmt: str, out: Path) -> subprocess.CompletedProcess
         "--ratio",
         "0.5",
         "--steps",
-        "60",
+        "40",
         "--budget-seconds",
-        "10",
+        "120",
         "--seed",
         "1",
     ]

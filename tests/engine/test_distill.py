@@ -61,6 +61,8 @@ def test_budget_seconds_stops_first(tiny_onnx: dict[str, Path]) -> None:
     res = distill(teacher, student, sampler, DistillSpec(steps=100_000, budget_seconds=1.0), data_range=2.0)
     assert res.stopped_by == "budget_seconds"
     assert res.seconds < 5.0 and 0 < res.steps < 100_000
+    # the last weights are scored even when the budget ends between two evaluations
+    assert res.curve[-1]["step"] == res.steps
 
 
 def test_masks_keep_pruned_weights_zero(tiny_onnx: dict[str, Path], calib: dict[str, np.ndarray]) -> None:

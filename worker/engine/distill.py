@@ -203,6 +203,23 @@ def distill(
     if steps <= 0 or not params:
         return result
     opt = torch.optim.Adam(params, lr=spec.lr, betas=(0.9, 0.99))
+
+    def evaluate(at: int, loss: float, best: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Score the student on the held-out set; returns the best state dict so far."""
+        score = heldout_score(student, heldout, heldout_teacher, data_range)
+        result.curve.append(
+            {
+                "step": at + step_offset,
+                "loss": loss,
+                "heldout_score": score,
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        if score > result.best_score:
+            result.best_score, result.best_step = score, at + step_offset
+            return copy.deepcopy(student.state_dict())
+        return best
+
     eval_every = eval_every or max(1, min(50, steps // 10))
     start = time.perf_counter()
     running = 0.0
@@ -238,14 +255,7 @@ def distill(
                 break
             running = lv if step == 1 else 0.9 * running + 0.1 * lv
             if step % eval_every == 0 or step == steps:
-                score = heldout_score(student, heldout, heldout_teacher, data_range)
-                now = time.perf_counter() - start
-                result.curve.append(
-                    {"step": step + step_offset, "loss": running, "heldout_score": score, "seconds": now}
-                )
-                if score > result.best_score:
-                    result.best_score, result.best_step = score, step + step_offset
-                    best_state = copy.deepcopy(student.state_dict())
+                best_state = evaluate(step, running, best_state)
             if progress is not None:
                 el = time.perf_counter() - start
                 eta = min((steps - step) * el / step, max(0.0, budget - el))
@@ -262,6 +272,8 @@ def distill(
         if taps is not None:
             taps.close()
     result.steps = step
+    if step > 0 and result.curve[-1]["step"] != step + step_offset:  # stopped between evaluations
+        best_state = evaluate(step, running, best_state)
     result.seconds = time.perf_counter() - start
     result.samples_per_second = step * spec.batch_size / result.seconds if result.seconds > 0 else 0.0
     student.load_state_dict(best_state)

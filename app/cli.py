@@ -172,7 +172,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
             def progress(p: Progress) -> None:
                 view.update(str(p.stage), p.fraction, p.step, p.total, p.loss)
 
-            report = compress(model, spec, Path(args.out), calibration=calibration or None, progress=progress)
+            report = compress(
+                model,
+                spec,
+                Path(args.out),
+                calibration=calibration or None,
+                progress=progress,
+                fid_weights=Path(args.fid_weights) if args.fid_weights else None,
+            )
         summary = dict(report.get("summary") or {})
         if isinstance(report.get("gates"), dict):
             summary.setdefault("gates", report["gates"])
@@ -264,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="TorchScript (.pt) or ONNX (.onnx) generator")
     c.add_argument("--out", required=True, help="output directory")
     c.add_argument("--quiet", action="store_true", help="no progress display")
+    c.add_argument(
+        "--fid-weights",
+        metavar="FILE",
+        help="torchvision inception_v3 state dict: adds FID (student vs teacher) to the report",
+    )
     c.add_argument("--fail-if", action="append", default=[], metavar="EXPR", help="e.g. 'ssim<0.9' (exit 1)")
     add_spec_arguments(c)
 

@@ -30,6 +30,7 @@ from worker.report_schema import (
     InputInfo,
     KeptLayer,
     LayerRow,
+    MetricSummary,
     PruningSection,
     Report,
     TensorInfo,
@@ -214,6 +215,35 @@ def _heldout_inputs_text(r: PipelineResult, n: int) -> str:
     return f"{n} samples, seed {r.spec.seed} + 1000003; " + "; ".join(parts)
 
 
+def _add_fid(
+    qsec: Any, weights: Path, t_out: np.ndarray, s_out: np.ndarray, value_range: tuple[float, float]
+) -> None:
+    import torch
+
+    from worker.engine.fid import fid
+
+    if not qsec.is_image:
+        qsec.absent["fid"] = "FID needs image outputs"
+        return
+    value = fid(
+        weights, torch.from_numpy(np.asarray(t_out)), torch.from_numpy(np.asarray(s_out)), value_range
+    )
+    qsec.metrics["fid"] = MetricSummary(
+        unit="FID",
+        higher_is_better=False,
+        mean=value,
+        min=value,
+        max=value,
+        std=0.0,
+        values=[],
+        description=(
+            f"Frechet Inception Distance of the student's outputs to the teacher's on the same {qsec.n_samples} "
+            f"held-out inputs; pool3 features of the user-supplied Inception-v3 weights {weights.name} "
+            f"(sha256 {_sha256(weights)[:16]}). A set statistic: biased upward for few samples."
+        ),
+    )
+
+
 def write_all(r: PipelineResult, out_dir: Path, emit: Callable[[Progress], None]) -> dict[str, Any]:
     warnings: list[str] = list(r.warnings)
     feeds_all = {k: v.numpy() for k, v in r.heldout.items()}
@@ -245,6 +275,15 @@ def write_all(r: PipelineResult, out_dir: Path, emit: Callable[[Progress], None]
     s_out = ort_run(onnx.load(str(r.student_onnx)), feeds_all)[0]
     q = quality.evaluate(s_out, t_out, data_range=r.data_range)
     qsec = rep.quality_section(q, _heldout_inputs_text(r, q.n_samples), r.spec.seed)
+    lo, hi = (
+        (-1.0, 1.0)
+        if r.data_range == 2.0
+        else (0.0, 1.0)
+        if r.data_range == 1.0
+        else (float(t_out.min()), float(t_out.max()))
+    )
+    if r.fid_weights is not None:
+        _add_fid(qsec, r.fid_weights, t_out, s_out, (lo, hi))
     metric = "ssim" if q.is_image and "ssim" in q.metrics else "neg_l1"
 
     emit(Progress(stage=Stage.REPORT, message="report.json, report.html, samples.png"))

@@ -68,6 +68,7 @@ class PipelineResult:
     heldout: dict[str, torch.Tensor]
     seconds: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    fid_weights: Path | None = None
 
 
 def _noop(_: Progress) -> None:
@@ -138,12 +139,19 @@ def compress(
     calibration: dict[str, Path] | None = None,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    fid_weights: Path | None = None,
 ) -> dict[str, Any]:
     """Compress ``model_path`` as ``spec`` asks; write model.onnx, report.json, report.html and
-    samples.png to ``out_dir``; return the report as a dict (its ``summary`` is flat numbers)."""
+    samples.png to ``out_dir``; return the report as a dict (its ``summary`` is flat numbers).
+    ``fid_weights``: a torchvision Inception-v3 state dict; adds FID to the quality section."""
+    if fid_weights is not None:
+        from worker.engine.fid import load_inception
+
+        load_inception(fid_weights)  # a bad file fails now, not after the whole compression
     result = run_pipeline(
         model_path, spec, out_dir, calibration=calibration, progress=progress, should_stop=should_stop
     )
+    result.fid_weights = fid_weights
     from worker.engine.assemble import write_all
 
     return write_all(result, out_dir, progress or _noop)

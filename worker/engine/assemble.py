@@ -215,6 +215,15 @@ def _heldout_inputs_text(r: PipelineResult, n: int) -> str:
     return f"{n} samples, seed {r.spec.seed} + 1000003; " + "; ".join(parts)
 
 
+def value_range(data_range: float, teacher_out: np.ndarray) -> tuple[float, float]:
+    """The output's nominal range: [-1, 1] (tanh), [0, 1], or what the teacher produced."""
+    if data_range == 2.0:
+        return -1.0, 1.0
+    if data_range == 1.0:
+        return 0.0, 1.0
+    return float(teacher_out.min()), float(teacher_out.max())
+
+
 def _add_fid(
     qsec: Any, weights: Path, t_out: np.ndarray, s_out: np.ndarray, value_range: tuple[float, float]
 ) -> None:
@@ -275,13 +284,7 @@ def write_all(r: PipelineResult, out_dir: Path, emit: Callable[[Progress], None]
     s_out = ort_run(onnx.load(str(r.student_onnx)), feeds_all)[0]
     q = quality.evaluate(s_out, t_out, data_range=r.data_range)
     qsec = rep.quality_section(q, _heldout_inputs_text(r, q.n_samples), r.spec.seed)
-    lo, hi = (
-        (-1.0, 1.0)
-        if r.data_range == 2.0
-        else (0.0, 1.0)
-        if r.data_range == 1.0
-        else (float(t_out.min()), float(t_out.max()))
-    )
+    lo, hi = value_range(r.data_range, t_out)
     if r.fid_weights is not None:
         _add_fid(qsec, r.fid_weights, t_out, s_out, (lo, hi))
     metric = "ssim" if q.is_image and "ssim" in q.metrics else "neg_l1"
@@ -310,13 +313,6 @@ def write_all(r: PipelineResult, out_dir: Path, emit: Callable[[Progress], None]
         warnings=warnings,
     )
     image_inputs = [n for n, s in r.imported.inputs.items() if s.distribution == Distribution.CALIBRATION]
-    lo, hi = (
-        (-1.0, 1.0)
-        if r.data_range == 2.0
-        else (0.0, 1.0)
-        if r.data_range == 1.0
-        else (float(t_out.min()), float(t_out.max()))
-    )
     images = rep.ReportImages(
         teacher=np.asarray(t_out),
         student=np.asarray(s_out),

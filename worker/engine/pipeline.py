@@ -126,7 +126,9 @@ def _taylor_grads(teacher: nn.Module, student: nn.Module, sampler: InputSampler,
         t = _forward(teacher, b)
         out = student(*b.values())
         out = out[0] if isinstance(out, list | tuple) else out
-        # a freshly-copied student equals the teacher: perturb nothing, use |s - t| + output energy
+        # Before the first round the student equals the teacher: the distillation loss and its
+        # gradient are zero, so a small output-energy term gives Taylor a signal (how much each
+        # channel feeds the output). In later rounds the L1 term dominates.
         loss = (out - t).abs().mean() + 1e-3 * out.pow(2).mean()
         loss.backward()
 

@@ -20,6 +20,8 @@ import argparse
 import copy
 import json
 import logging
+import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -29,8 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmarks.baseline import BATCH, run_baseline
-from benchmarks.baseline import _sampler as baseline_sampler
+from benchmarks.baseline import run_baseline
 from benchmarks.evaluate import evaluate_student, teacher_path
 from benchmarks.results import write_results
 from worker.spec import CompressionSpec, DistillSpec, PruneSpec
@@ -42,8 +43,7 @@ DEFAULT_BUDGET_S = 45.0
 DEFAULT_RATIOS = (0.25, 0.5, 0.75)
 HEADLINE_RATIO = 0.5
 LATENCY_BUDGET_S = 8.0
-BARE_STEPS = 20
-BARE_MAX_S = 10.0
+TP_SECONDS = 4.0
 HERE = Path(__file__).resolve().parent
 
 
@@ -51,37 +51,92 @@ def _first(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, list | tuple) else out
 
 
-def bare_loop_steps_per_second(name: str, student: torch.nn.Module, teacher: torch.nn.Module) -> float:
-    """Steps/s of the plainest loop (Adam, L1 to the teacher) on ``student`` at the engine's batch."""
-    student = copy.deepcopy(student).train(False)
-    params = [p for p in student.parameters() if p.is_floating_point()]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=1e-3)
-    batch = baseline_sampler(name, seed=7)
-    t0 = 0.0
-    timed = 0
-    for step in range(BARE_STEPS + 2):
-        if step == 2:  # two untimed warm-up steps
-            t0 = time.perf_counter()
-        elif step > 2 and time.perf_counter() - t0 > BARE_MAX_S:
-            break
-        timed = step - 1
-        x = batch(BATCH)
-        with torch.no_grad():
-            t = _first(teacher(*x))
-        loss = F.l1_loss(_first(student(*x)), t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return timed / (time.perf_counter() - t0)
+def _sampler_for(name: str, r: Any) -> Any:
+    """An engine ``InputSampler`` over the zoo calibration set of a pipeline result's model."""
+    from worker.engine.sampling import InputSampler, load_calibration
+    from worker.spec import Distribution
+
+    entry = model_entry(name)
+    arrays = {
+        n: load_calibration(zoo_dir() / entry["calibration"], spec, n)
+        for n, spec in r.imported.inputs.items()
+        if spec.distribution == Distribution.CALIBRATION
+    }
+    return InputSampler(r.imported.inputs, arrays, seed=11)
 
 
-def run_ours(name: str, ratio: float, budget_s: float, out_dir: Path) -> tuple[dict[str, Any], Any]:
-    """The engine with default settings except ratio and budget; returns (facts, PipelineResult)."""
+def throughput(name: str, r: Any, rounds: int = 3, seconds: float = TP_SECONDS) -> dict[str, float]:
+    """Steps/s of the engine's ``distill`` (default spec: L1 + 0.5 SSIM, held-out checks at the
+    cadence of a 300-step run) vs a bare loop (fixed batch, ``l1_loss(student(x), teacher(x))``,
+    Adam) on copies of the same pruned student at the same batch size. The two alternate
+    ``rounds`` times for ``seconds`` each (the machine is shared: alternation spreads the noise);
+    medians are reported. ``ours_l1`` is the engine loop with the L1 loss only (SSIM's share)."""
+    from worker.engine.distill import distill
+    from worker.engine.importers import to_torch
+
+    teacher = to_torch(r.imported.onnx_model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    sampler = _sampler_for(name, r)
+    spec = DistillSpec()
+    x = sampler.train_batch(spec.batch_size)
+    cadence = max(1, min(50, spec.steps // 10))
+    got: dict[str, list[float]] = {"ours": [], "ours_l1": [], "bare": []}
+    for _ in range(rounds):
+        for label, dspec in (("ours", spec), ("ours_l1", spec.model_copy(update={"losses": {"l1": 1.0}}))):
+            res = distill(
+                teacher,
+                copy.deepcopy(r.imported.module),
+                sampler,
+                dspec,
+                data_range=r.data_range,
+                steps=1_000_000,
+                budget_seconds=seconds,
+                eval_every=cadence,
+            )
+            got[label].append(res.steps / res.seconds)
+        student = copy.deepcopy(r.imported.module)
+        params = [p for p in student.parameters() if p.is_floating_point()]
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(params, lr=spec.lr)
+        steps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            out = _first(student(*x.values()))
+            with torch.no_grad():
+                t = _first(teacher(*x.values()))
+            loss = F.l1_loss(out, t)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+        got["bare"].append(steps / (time.perf_counter() - t0))
+    med = {k: statistics.median(v) for k, v in got.items()}
+    return {
+        "ours_steps_per_s": med["ours"],
+        "ours_l1_steps_per_s": med["ours_l1"],
+        "bare_steps_per_s": med["bare"],
+        "ratio": med["ours"] / med["bare"],
+        "ratio_l1": med["ours_l1"] / med["bare"],
+    }
+
+
+def run_ours(
+    name: str,
+    ratio: float,
+    budget_s: float,
+    out_dir: Path,
+    distill_overrides: dict[str, Any] | None = None,
+    target_macs: int | None = None,
+) -> tuple[dict[str, Any], Any]:
+    """The engine with default settings except ratio (or ``target_macs``), budget and
+    ``distill_overrides``; returns (facts, PipelineResult)."""
     from worker.engine.pipeline import run_pipeline
 
-    spec = CompressionSpec(prune=PruneSpec(ratio=ratio), distill=DistillSpec(budget_seconds=budget_s))
+    spec = CompressionSpec(
+        prune=PruneSpec(ratio=ratio, target_macs=target_macs),
+        distill=DistillSpec(budget_seconds=budget_s, **(distill_overrides or {})),
+    )
     entry = model_entry(name)
     calib = {"": zoo_dir() / entry["calibration"]} if "calibration" in entry else None
     t0 = time.perf_counter()
@@ -101,40 +156,36 @@ def run_ours(name: str, ratio: float, budget_s: float, out_dir: Path) -> tuple[d
     return facts, r
 
 
-def bench_model(name: str, ratios: list[float], budget_s: float, work: Path) -> dict[str, Any]:
-    res: dict[str, Any] = {"model": name, "ours": {}, "baseline": None, "throughput": None}
-    t_model = time.perf_counter()
-    for ratio in ratios:
-        log.info("bench.ours model=%s ratio=%.2f budget_s=%.0f", name, ratio, budget_s)
-        try:
-            facts, r = run_ours(name, ratio, budget_s, work / f"{name}_ours_{ratio}")
-            facts["eval"] = evaluate_student(name, Path(facts["onnx"]), LATENCY_BUDGET_S).to_dict()
-        except Exception as e:
-            log.exception("bench.ours_failed model=%s ratio=%.2f", name, ratio)
-            res["ours"][str(ratio)] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
-            continue
-        res["ours"][str(ratio)] = facts
-        log.info(
-            "bench.ours_done model=%s ratio=%.2f wall_s=%.0f stages=%s psnr=%.2f ssim=%.4f",
-            name,
-            ratio,
-            facts["wall_s"],
-            facts["stage_s"],
-            facts["eval"]["psnr_db"],
-            facts["eval"]["ssim"],
-        )
-        if ratio == HEADLINE_RATIO:
-            from worker.engine.importers import to_torch
+def _ours(
+    name: str, label: str, ratio: float, budget_s: float, work: Path, overrides: dict[str, Any], **kw: Any
+) -> tuple[dict[str, Any], Any]:
+    log.info("bench.ours model=%s run=%s budget_s=%.0f", name, label, budget_s)
+    try:
+        facts, r = run_ours(name, ratio, budget_s, work / f"{name}_ours_{label}", overrides, **kw)
+        facts["eval"] = evaluate_student(name, Path(facts["onnx"]), LATENCY_BUDGET_S).to_dict()
+    except Exception as e:
+        log.exception("bench.ours_failed model=%s run=%s", name, label)
+        return {"error": f"{type(e).__name__}: {str(e)[:200]}"}, None
+    log.info(
+        "bench.ours_done model=%s run=%s wall_s=%.0f steps=%d stages=%s psnr=%.2f ssim=%.4f",
+        name,
+        label,
+        facts["wall_s"],
+        facts["steps"],
+        facts["stage_s"],
+        facts["eval"]["psnr_db"],
+        facts["eval"]["ssim"],
+    )
+    return facts, r
 
-            teacher = to_torch(r.imported.onnx_model).eval()
-            for p in teacher.parameters():
-                p.requires_grad_(False)
-            bare = bare_loop_steps_per_second(name, r.imported.module, teacher)
-            res["throughput"] = {
-                "ours_steps_per_s": facts["steps_per_s"],
-                "bare_steps_per_s": bare,
-                "ratio": facts["steps_per_s"] / bare if bare else float("nan"),
-            }
+
+def bench_model(
+    name: str, ratios: list[float], budget_s: float, work: Path, overrides: dict[str, Any], match: bool
+) -> dict[str, Any]:
+    """Baseline at the headline ratio, ours at every ratio (+ throughput at the headline ratio),
+    and ours pruned to the baseline's MACs when ``match``."""
+    res: dict[str, Any] = {"model": name, "ours": {}, "baseline": None, "throughput": None, "matched": None}
+    t_model = time.perf_counter()
     if HEADLINE_RATIO in ratios:
         log.info("bench.baseline model=%s ratio=%.2f budget_s=%.0f", name, HEADLINE_RATIO, budget_s)
         out = work / f"{name}_baseline.onnx"
@@ -151,7 +202,22 @@ def bench_model(name: str, ratios: list[float], budget_s: float, work: Path) -> 
                 base["eval"] = evaluate_student(name, out, LATENCY_BUDGET_S).to_dict()
             except Exception as e:
                 base["error"] = f"evaluation: {type(e).__name__}: {str(e)[:200]}"
+        log.info("bench.baseline_done model=%s %s", name, {k: v for k, v in base.items() if k != "eval"})
         res["baseline"] = base
+    for ratio in ratios:
+        facts, r = _ours(name, str(ratio), ratio, budget_s, work, overrides)
+        res["ours"][str(ratio)] = facts
+        if ratio == HEADLINE_RATIO and r is not None:
+            res["throughput"] = throughput(name, r)
+            log.info("bench.throughput model=%s %s", name, res["throughput"])
+    be = (res["baseline"] or {}).get("eval")
+    if match and be and be["mac_reduction"] > 1.0:
+        # the same MACs as the baseline's student (torch count of the teacher / the ONNX reduction)
+        target = int(model_entry(name)["macs"] / be["mac_reduction"])
+        res["matched"], _ = _ours(
+            name, "matched", HEADLINE_RATIO, budget_s, work, overrides, target_macs=target
+        )
+        res["matched"]["target_macs"] = target
     res["wall_s"] = time.perf_counter() - t_model
     log.info("bench.model_done model=%s wall_s=%.0f", name, res["wall_s"])
     return res
@@ -167,6 +233,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--models", default=",".join(ZOO_NAMES), help="comma-separated zoo names")
     ap.add_argument("--ratios", default=",".join(map(str, DEFAULT_RATIOS)), help="channel ratios for ours")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="override the engine's distill.steps cap for ours (default: the engine default)",
+    )
+    ap.add_argument("--lr", type=float, default=None, help="override distill.lr for ours")
+    ap.add_argument("--batch-size", type=int, default=None, help="override distill.batch_size for ours")
+    ap.add_argument(
+        "--losses", default=None, help="override distill.losses for ours, JSON, e.g. '{\"l1\": 1.0}'"
+    )
+    ap.add_argument(
+        "--no-match",
+        action="store_true",
+        help="skip ours pruned to the baseline's MACs (target_macs) at the headline ratio",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="markdown results file")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -175,13 +257,27 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     ratios = [float(r) for r in args.ratios.split(",")]
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "steps": args.steps,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "losses": json.loads(args.losses) if args.losses else None,
+        }.items()
+        if v is not None
+    }
     t0 = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="gc-bench-") as tmp:
         for name in models:
-            results.append(bench_model(name, ratios, args.budget_seconds, Path(tmp)))
+            results.append(
+                bench_model(name, ratios, args.budget_seconds, Path(tmp), overrides, not args.no_match)
+            )
     total = time.perf_counter() - t0
     payload = {
+        "overrides": overrides,
+        "command": " ".join(["python -m benchmarks.compress", *(argv if argv is not None else sys.argv[1:])]),
         "budget_seconds": args.budget_seconds,
         "ratios": ratios,
         "total_wall_s": total,

@@ -117,10 +117,21 @@ def _headline(payload: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         "| efficiency (1t) | steps |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    facts: dict[str, Any] = {"ssim_miss": [], "eff_miss": [], "psnr_gain": [], "tp": []}
+    facts: dict[str, Any] = {
+        "ssim_miss": [],
+        "eff_miss": [],
+        "psnr_gain": [],
+        "psnr_gain_matched": [],
+        "tp": [],
+    }
     for m in payload["models"]:
         name = m["model"]
-        for method, r in (("ours", m["ours"].get(key)), ("baseline", m.get("baseline"))):
+        runs = (
+            ("ours", m["ours"].get(key)),
+            ("ours @ baseline MACs", m.get("matched")),
+            ("baseline", m.get("baseline")),
+        )
+        for method, r in runs:
             if r is None:
                 continue
             e = r.get("eval")
@@ -140,6 +151,9 @@ def _headline(payload: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
                 facts["eff_miss"].append((name, o["efficiency"], o["teacher_macs"]))
             b = (m.get("baseline") or {}).get("eval")
             facts["psnr_gain"].append((name, o["psnr_db"] - b["psnr_db"] if b else None))
+            mt = (m.get("matched") or {}).get("eval")
+            if b and mt:
+                facts["psnr_gain_matched"].append((name, mt["psnr_db"] - b["psnr_db"]))
         if m.get("throughput"):
             facts["tp"].append((name, m["throughput"]))
     return rows, facts
@@ -155,10 +169,16 @@ def write_results(payload: dict[str, Any], out: Path, extra_md: str | None = Non
     lines = [
         "# Compression benchmark: gancompress defaults vs a hand-written baseline",
         "",
-        f"Run: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}, `{' '.join(['python', *sys.argv])}`  ",
+        f"Run: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}, "
+        f"`{payload.get('command', 'python -m benchmarks.compress')}`  ",
         f"Machine: {_versions()}  ",
         f"Budget: {payload['budget_seconds']:g} s of distillation wall clock per run, for both methods "
-        f"(the engine also stops at its default 300 steps); whole benchmark: "
+        + (
+            f"(ours with {payload['overrides']} instead of the engine default)"
+            if payload.get("overrides")
+            else "(the engine also stops at its default `distill.steps` = 300)"
+        )
+        + "; whole benchmark: "
         f"{payload['total_wall_s'] / 60:.1f} min.",
         "",
         "Reproduce: `make bench` (= `python -m benchmarks.compress`). The numbers to trust are the ratios "

@@ -236,3 +236,15 @@ def test_scripted_lists_become_plain_tensors(tmp_path: Path) -> None:
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(im.module(x), model(x), atol=PARITY_TOLERANCE)
+
+
+def test_onnxslim_processed_upload_imports(tiny_onnx: dict[str, Path], tmp_path: Path) -> None:
+    """A graph the user already ran through onnxslim (BatchNorm folded, constants folded)."""
+    import onnxslim
+
+    slim = tmp_path / "slim.onnx"
+    onnx.save(onnxslim.slim(onnx.load(str(tiny_onnx["dcgan"]))), str(slim))
+    im = import_model(slim, None)
+    args = tiny.example("dcgan", batch=2)
+    with torch.no_grad():
+        assert torch.allclose(im.module(*args), _torch_out("dcgan", args), atol=PARITY_TOLERANCE)

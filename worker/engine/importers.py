@@ -73,6 +73,12 @@ def sniff_format(path: Path) -> ModelFormat:
     try:
         onnx.load_model(str(path), load_external_data=False)
     except Exception as e:
+        with path.open("rb") as f:
+            start = f.read(512)
+        if start[:1] == b"\x08" and any(tag in start for tag in (b"pytorch", b"onnx", b"ai.onnx", b"opset")):
+            raise CorruptModelError(
+                f"{path.name}: starts like an ONNX model but cannot be parsed: truncated or damaged ({type(e).__name__})"
+            ) from e
         raise UnsupportedFormatError(
             f"{path.name}: neither a TorchScript archive (zip) nor an ONNX protobuf ({type(e).__name__})"
         ) from e

@@ -249,12 +249,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip ours pruned to the baseline's MACs (target_macs) at the headline ratio",
     )
+    ap.add_argument(
+        "--train-threads",
+        type=int,
+        default=1,
+        help="torch threads for pruning and training, both methods (default 1: on a shared 2-core box "
+        "one thread per process is far steadier than two; ONNX Runtime latency sets its own threads)",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="markdown results file")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for noisy in ("worker", "onnx2torch", "torch_pruning"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.train_threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     ratios = [float(r) for r in args.ratios.split(",")]
     overrides: dict[str, Any] = {
@@ -279,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": overrides,
         "command": " ".join(["python -m benchmarks.compress", *(argv if argv is not None else sys.argv[1:])]),
         "budget_seconds": args.budget_seconds,
+        "train_threads": args.train_threads,
         "ratios": ratios,
         "total_wall_s": total,
         "models": results,

@@ -18,12 +18,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks.evaluate import quality, teacher_path
 from worker.spec import CompressionSpec, Criterion, DistillSpec, PruneSpec
 from worker.zoo.registry import model_entry, zoo_dir
 
 log = logging.getLogger("benchmarks.levers")
 HERE = Path(__file__).resolve().parent
+
+
+FAST_SSIM = "no cap + separable SSIM filter"
 
 
 def variants(budget: float) -> dict[str, CompressionSpec]:
@@ -41,6 +46,7 @@ def variants(budget: float) -> dict[str, CompressionSpec]:
         "no cap + batch 16": spec(**free, batch_size=16),
         "no cap + feature distill": spec(**free, losses={"l1": 1.0, "ssim": 0.5, "feature": 1.0}),
         "no cap + L1 only": spec(**free, losses={"l1": 1.0}),
+        FAST_SSIM: spec(**free),  # run with benchmarks.fast_ssim.patched()
         "no cap + bn_scale criterion": spec({"criterion": Criterion.BN_SCALE}, **free),
         "no cap + iterative 2 rounds": spec({"iterative_steps": 2}, **free),
     }
@@ -53,12 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-seconds", type=float, default=20.0)
     ap.add_argument("--models", default="dcgan,resnet_i2i")
     ap.add_argument("--only", default="", help="comma-separated variant names (default: all)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the benchmark)")
     ap.add_argument("--out", type=Path, default=HERE / "LEVERS.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for noisy in ("worker", "onnx2torch", "torch_pruning"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
     only = {v.strip() for v in args.only.split(",") if v.strip()}
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="gc-levers-") as tmp:
@@ -87,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                     row = {"model": name, "variant": label, "error": f"{type(e).__name__}: {str(e)[:160]}"}
                 log.info("levers.row %s", row)
                 rows.append(row)
-    args.out.write_text(json.dumps({"budget_seconds": args.budget_seconds, "rows": rows}, indent=1))
+    args.out.write_text(
+        json.dumps({"budget_seconds": args.budget_seconds, "threads": args.threads, "rows": rows}, indent=1)
+    )
     print("| model | variant | PSNR dB | SSIM | steps |\n|---|---|---|---|---|")
     for r in rows:
         if "error" in r:

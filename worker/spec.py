@@ -171,7 +171,12 @@ class PruneSpec(_Strict):
 
 
 class DistillSpec(_Strict):
-    steps: int = Field(300, ge=0, le=1_000_000, description="Maximum optimizer steps.")
+    steps: int = Field(
+        1_000_000,
+        ge=0,
+        le=1_000_000,
+        description="Maximum optimizer steps; by default the budget decides (a 300-step cap cost 3.3 dB on dcgan).",
+    )
     budget_seconds: float = Field(
         120.0, gt=0, le=7 * 24 * 3600, description="Wall-clock budget; whichever of steps/budget ends first."
     )

@@ -107,6 +107,12 @@ ERROR_TYPES: dict[str, type[GanCompressError]] = {
 }
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (or its type), for one-line error details."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
 def error_from_dict(d: dict[str, object]) -> GanCompressError:
     """Rebuild an error that crossed a process boundary as ``to_dict()`` JSON."""
     cls = ERROR_TYPES.get(str(d.get("code")), GanCompressError)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.engine.prune import PRUNABLE, apply_masks, channels_out, prunable_layers
+from worker.engine.prune import apply_masks, channels_out, prunable_layers
 from worker.engine.sampling import InputSampler
 from worker.errors import BadSpecError, CanceledError
 from worker.spec import DistillSpec, LossName, Progress, Stage
@@ -286,12 +286,3 @@ def distill(
         result.stopped_by,
     )
     return result
-
-
-def assert_registry_complete() -> None:
-    missing = set(LossName) - set(LOSSES)
-    if missing:
-        raise RuntimeError(f"losses without implementation: {sorted(missing)}")
-
-
-__all__ = ["LOSSES", "PRUNABLE", "DistillResult", "FeatureTaps", "distill", "get_loss", "heldout_score"]

@@ -14,7 +14,7 @@ import onnx
 import torch
 from torch import nn
 
-from worker.errors import ExportError
+from worker.errors import ExportError, first_line
 from worker.spec import Quantize
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,6 @@ class ExportResult:
     nodes_before_cleanup: int
     nodes_after_cleanup: int
     notes: list[str] = field(default_factory=list)
-
-
-def _first_line(e: BaseException) -> str:
-    t = str(e).strip()
-    return t.splitlines()[0][:300] if t else type(e).__name__
 
 
 def export_onnx(
@@ -65,14 +60,14 @@ def export_onnx(
                 do_constant_folding=True,
             )
     except Exception as e:
-        raise ExportError(f"ONNX export failed at opset {export_opset}: {_first_line(e)}") from e
+        raise ExportError(f"ONNX export failed at opset {export_opset}: {first_line(e)}") from e
     exported = onnx.load_from_string(buf.getvalue())
     if opset > export_opset:
         try:
             exported = onnx.version_converter.convert_version(exported, opset)
         except Exception as e:
             raise ExportError(
-                f"converting the export from opset {export_opset} to {opset} failed: {_first_line(e)}"
+                f"converting the export from opset {export_opset} to {opset} failed: {first_line(e)}"
             ) from e
     return exported
 
@@ -84,12 +79,12 @@ def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         slim = onnxslim.slim(model)
     except Exception as e:
-        log.warning("export.slim_failed error=%s", _first_line(e))
+        log.warning("export.slim_failed error=%s", first_line(e))
         slim = model
     try:
         onnx.checker.check_model(slim, full_check=True)
     except Exception as e:
-        raise ExportError(f"exported graph fails the ONNX checker: {_first_line(e)}") from e
+        raise ExportError(f"exported graph fails the ONNX checker: {first_line(e)}") from e
     return slim
 
 
@@ -206,7 +201,7 @@ def export_student(
         except ExportError:
             raise
         except Exception as e:
-            raise ExportError(f"quantization {quantize.value} failed: {_first_line(e)}") from e
+            raise ExportError(f"quantization {quantize.value} failed: {first_line(e)}") from e
         feeds = {k: v.numpy() for k, v in parity_batch.items()}
         qdiff = float(np.abs(ort_run(shipped, feeds)[0] - ort_run(model, feeds)[0]).max())
         notes.append(f"{quantize.value}: max abs diff vs the float student {qdiff:.4g} on the parity batch")

@@ -31,6 +31,7 @@ from worker.errors import (
     MissingInputSpecError,
     UnsupportedFormatError,
     UnsupportedOpError,
+    first_line,
 )
 from worker.spec import Distribution, InputSpec, ModelFormat, default_distribution
 
@@ -213,7 +214,7 @@ def torchscript_to_onnx(
     except CorruptModelError:
         raise
     except Exception as e:
-        raise CorruptModelError(f"{path.name}: not a loadable TorchScript archive: {_first_line(e)}") from e
+        raise CorruptModelError(f"{path.name}: not a loadable TorchScript archive: {first_line(e)}") from e
     from worker.engine.sampling import example_batch
 
     args = tuple(example_batch(inputs, batch=2, seed=0).values())
@@ -233,13 +234,8 @@ def torchscript_to_onnx(
                 dynamic_axes={n: {0: "batch"} for n in [*names, "output"]},
             )
     except Exception as e:
-        raise UnsupportedOpError(f"TorchScript model could not be traced to ONNX: {_first_line(e)}") from e
+        raise UnsupportedOpError(f"TorchScript model could not be traced to ONNX: {first_line(e)}") from e
     return onnx.load_from_string(buf.getvalue())
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def to_torch(model: onnx.ModelProto) -> fx.GraphModule:
@@ -252,7 +248,7 @@ def to_torch(model: onnx.ModelProto) -> fx.GraphModule:
     try:
         slim = onnxslim.slim(model)
     except Exception as e:  # slim is an optimisation; an unslimmable graph is still convertible
-        log.warning("import.slim_failed error=%s", _first_line(e))
+        log.warning("import.slim_failed error=%s", first_line(e))
         slim = model
     if onnx_opset(slim) > CONVERT_OPSET:
         slim = downgrade_opset(slim)
@@ -260,10 +256,10 @@ def to_torch(model: onnx.ModelProto) -> fx.GraphModule:
         gm = onnx2torch.convert(slim, save_input_names=True)
     except NotImplementedError as e:
         m = re.search(r"operation_type='([^']+)'", str(e))
-        op = m.group(1) if m else _first_line(e)
-        raise UnsupportedOpError(f"unsupported ONNX operator {op!r}: {_first_line(e)}") from e
+        op = m.group(1) if m else first_line(e)
+        raise UnsupportedOpError(f"unsupported ONNX operator {op!r}: {first_line(e)}") from e
     except Exception as e:
-        raise UnsupportedOpError(f"ONNX graph could not be converted to torch: {_first_line(e)}") from e
+        raise UnsupportedOpError(f"ONNX graph could not be converted to torch: {first_line(e)}") from e
     gm = gm.float().eval()
     _prelu_to_module(gm)
     from worker.engine.rewrite import (
@@ -404,7 +400,7 @@ def downgrade_opset(model: onnx.ModelProto, target: int = CONVERT_OPSET) -> onnx
     try:
         return onnx.version_converter.convert_version(model, target)
     except Exception as e:
-        log.info("import.version_converter_failed error=%s; rewriting by hand", _first_line(e))
+        log.info("import.version_converter_failed error=%s; rewriting by hand", first_line(e))
     m = onnx.ModelProto()
     m.CopyFrom(model)
     opset = onnx_opset(m)
@@ -507,16 +503,6 @@ def onnx_io_names(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     return [i.name for i in model.graph.input if i.name not in inits], [o.name for o in model.graph.output]
 
 
-def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
-
-
 def parity(gm: nn.Module, model: onnx.ModelProto, inputs: dict[str, InputSpec], seed: int = 0) -> float:
     """Max abs diff between the torch module and ONNX Runtime on the same (batch-2) inputs."""
     from worker.engine.sampling import example_batch
@@ -525,7 +511,9 @@ def parity(gm: nn.Module, model: onnx.ModelProto, inputs: dict[str, InputSpec], 
     with torch.no_grad():
         out = gm(*batch.values())
     outs = out if isinstance(out, list | tuple) else [out]
-    ref = run_onnx(model, {k: v.numpy() for k, v in batch.items()})
+    from worker.engine.export import ort_run
+
+    ref = ort_run(model, {k: v.numpy() for k, v in batch.items()})
     if len(ref) != len(outs):
         raise UnsupportedOpError(f"converted model has {len(outs)} outputs, the graph has {len(ref)}")
     return float(max(np.abs(o.detach().numpy() - r).max() for o, r in zip(outs, ref, strict=True)))
@@ -558,7 +546,7 @@ def import_model(
     except (UnsupportedOpError, MissingInputSpecError):
         raise
     except Exception as e:
-        raise UnsupportedOpError(f"converted model does not run on the given inputs: {_first_line(e)}") from e
+        raise UnsupportedOpError(f"converted model does not run on the given inputs: {first_line(e)}") from e
     if not diff <= PARITY_TOLERANCE:
         raise UnsupportedOpError(
             f"converted model differs from the original by {diff:.3g} (tolerance {PARITY_TOLERANCE}); "
@@ -566,10 +554,3 @@ def import_model(
         )
     log.info("import.done format=%s inputs=%s parity=%.3g", fmt, list(inputs), diff)
     return ImportedModel(gm, model, fmt, inputs, list(inputs), output_names, diff, notes)
-
-
-def initializer_array(model: onnx.ModelProto, name: str) -> np.ndarray:
-    for init in model.graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    raise KeyError(name)

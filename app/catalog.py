@@ -22,7 +22,7 @@ from worker.spec import (
 METHODS: dict[PruneMethod, tuple[str, tuple[str, ...]]] = {
     PruneMethod.CHANNEL: (
         "Structured pruning: removes whole channels, so the graph gets smaller and faster.",
-        ("ratio", "target_macs", "criterion", "global_ranking", "iterative_steps", "ignore"),
+        ("ratio", "target_macs", "allocation", "criterion", "global_ranking", "iterative_steps", "ignore"),
     ),
     PruneMethod.UNSTRUCTURED: (
         "Global magnitude sparsity: zeroes weights. The compressed file gets smaller; ONNX Runtime "

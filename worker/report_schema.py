@@ -89,6 +89,9 @@ class PruningSection(_Strict):
     criterion: str | None = None
     ratio_asked: float | None = Field(None, description="The spec's ratio (fraction removed), if any.")
     target_macs: int | None = None
+    allocation: str | None = Field(
+        None, description="channel: 'uniform' (one ratio) or 'sensitivity' (per-layer ratios, see notes)."
+    )
     achieved_ratio: Figure = Field(description="Fraction removed (0..1) of what the method prunes.")
     layers: list[LayerRow] = Field(default_factory=list)
     kept_whole: list[KeptLayer] = Field(default_factory=list)

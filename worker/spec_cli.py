@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from worker.errors import BadSpecError
-from worker.spec import CompressionSpec, Criterion, LossName, PruneMethod, Quantize
+from worker.spec import AllocationName, CompressionSpec, Criterion, LossName, PruneMethod, Quantize
 
 
 def add_spec_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,6 +29,11 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ratio", type=float)
     g.add_argument("--target-macs", type=_int_with_suffix, metavar="N", help="e.g. 120M, 2.5G or 300000")
     g.add_argument("--criterion", choices=[c.value for c in Criterion])
+    g.add_argument(
+        "--allocation",
+        choices=[a.value for a in AllocationName],
+        help="channel: per-layer ratios by measured sensitivity (default) or one uniform ratio",
+    )
     g.add_argument("--global-ranking", action="store_true", default=None)
     g.add_argument("--iterative-steps", type=int, metavar="N")
     g.add_argument("--ignore", action="append", metavar="PATTERN", help="layer-name pattern never pruned")
@@ -110,6 +115,7 @@ def spec_from_args(args: argparse.Namespace) -> CompressionSpec:
             "ratio": args.ratio,
             "target_macs": args.target_macs,
             "criterion": args.criterion,
+            "allocation": args.allocation,
             "global_ranking": args.global_ranking,
             "iterative_steps": args.iterative_steps,
             "ignore": args.ignore,

@@ -25,10 +25,13 @@ from worker.zoo import registry
 pytestmark = pytest.mark.e2e
 
 FORMATS = ["onnx", "torchscript"]
-# MACs teacher / student at channel ratio 0.5, measured on the ONNX graphs. Interior layers lose
-# half their input and half their output channels (4x); layers kept whole (the output layer, the
-# first layer's input, a reshape-coupled projection) keep it lower.
+# MACs teacher / student at channel ratio 0.5, measured on the ONNX graphs. The budget is what
+# uniform 0.5 leaves: interior layers lose half their input and half their output channels (4x);
+# layers kept whole (the output layer, the first layer's input) keep it lower.
 MIN_MAC_REDUCTION = 2.0
+# Parameters are not what the allocation spends: on dcgan it keeps the cheap-per-MAC latent
+# projection (most of the parameters) whole, so only "fewer" is promised.
+MIN_PARAM_REDUCTION = 1.2
 
 
 def _image_input(name: str) -> bool:
@@ -86,7 +89,7 @@ def test_compress_every_zoo_model(name: str, fmt: str, tmp_path: Path) -> None:
 
     # channel pruning at 0.5 really shrank the graph
     assert report["summary"]["mac_reduction"] >= MIN_MAC_REDUCTION, report["pruning"]["kept_whole"]
-    assert report["summary"]["param_reduction"] > 1.5
+    assert report["summary"]["param_reduction"] > MIN_PARAM_REDUCTION
 
     # distillation improved on the freshly pruned student, on held-out inputs
     d = report["distillation"]

@@ -37,7 +37,10 @@ def test_every_method_runs_and_exports(
 
 def test_iterative_rounds_alternate_with_distillation(tiny_onnx: dict[str, Path], tmp_path: Path) -> None:
     spec = CompressionSpec.model_validate(
-        {"prune": {"ratio": 0.5, "iterative_steps": 3}, "distill": {"steps": 9, "budget_seconds": 60}}
+        {
+            "prune": {"ratio": 0.5, "iterative_steps": 3, "allocation": "uniform"},
+            "distill": {"steps": 9, "budget_seconds": 60},
+        }
     )
     r = run_pipeline(tiny_onnx["dcgan"], spec, tmp_path / "out")
     assert len(r.distill_rounds) == 3 and sum(x.steps for x in r.distill_rounds) == 9

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from worker.engine import measure, quality
+from worker.engine import allocate, measure, quality
 from worker.engine import report as rep
 from worker.engine.export import ort_run
 from worker.engine.pipeline import PipelineResult
@@ -103,7 +103,21 @@ def pruning_section(r: PipelineResult) -> PruningSection:
         before = sum(x.channels_before for x in recs)
         achieved = 1 - sum(x.channels_after for x in recs) / before if before else 0.0
         how = "fraction of output channels removed over all convolution / linear layers"
-        if p.target_macs is not None:
+        a = p.allocation
+        if a is not None:
+            budget = (
+                f"target_macs {a.target_macs:,}"
+                if p.target_macs is not None
+                else f"{a.target_macs:,} MACs (what uniform pruning at ratio {p.ratio_asked} leaves)"
+            )
+            notes.append(
+                f"sensitivity allocation: budget {budget}, reached {a.macs:,}. Each of {len(a.units)} layer "
+                f"groups was pruned alone in a copy at ratios {', '.join(f'{x:g}' for x in allocate.LEVELS)} and "
+                f"its output distortion (MSE vs the original on {allocate.BATCH} inputs, no training) measured; "
+                f"groups were then pruned greedily, least distortion per MAC saved first ({a.seconds:.1f} s)"
+            )
+            notes.append("ratio per group: " + ", ".join(f"{u.name} {a.ratios[u.name]:g}" for u in a.units))
+        elif p.target_macs is not None:
             off = abs(p.macs_after - p.target_macs) / p.target_macs
             notes.append(
                 f"target_macs {p.target_macs:,}: bisection chose ratio {p.ratio_used:.3f}, giving "
@@ -128,6 +142,7 @@ def pruning_section(r: PipelineResult) -> PruningSection:
         criterion=r.spec.prune.criterion.value if p.method == PruneMethod.CHANNEL else None,
         ratio_asked=p.ratio_asked,
         target_macs=p.target_macs,
+        allocation=r.spec.prune.allocation.value if p.method == PruneMethod.CHANNEL else None,
         achieved_ratio=Figure(value=achieved, unit="fraction", how=how),
         layers=layers,
         kept_whole=kept,

@@ -19,14 +19,14 @@ import onnx
 import torch
 from torch import nn
 
+from worker.engine import allocate, prune
 from worker.engine import blocks as block_prune
-from worker.engine import prune
 from worker.engine.distill import DistillResult, distill, heldout_score
 from worker.engine.export import ExportResult, cleanup, export_student
 from worker.engine.importers import ImportedModel, dynamic_spatial_inputs, import_model
 from worker.engine.sampling import InputSampler, load_calibration
-from worker.errors import BadCalibrationError, CanceledError
-from worker.spec import CompressionSpec, Distribution, Progress, PruneMethod, Stage
+from worker.errors import BadCalibrationError, CanceledError, PruningError
+from worker.spec import AllocationName, CompressionSpec, Distribution, Progress, PruneMethod, Stage
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class PruneOutcome:
     candidate_blocks: list[block_prune.Block] = field(default_factory=list)
     sparsity: float | None = None
     target_macs: int | None = None
+    allocation: allocate.Allocation | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -131,6 +132,31 @@ def _taylor_grads(teacher: nn.Module, student: nn.Module, sampler: InputSampler,
         # channel feeds the output). In later rounds the L1 term dominates.
         loss = (out - t).abs().mean() + 1e-3 * out.pow(2).mean()
         loss.backward()
+
+
+def _sensitivity_allocation(
+    student: nn.Module,
+    example: dict[str, torch.Tensor],
+    sampler: InputSampler,
+    spec: CompressionSpec,
+    plan: prune.PrunePlan,
+    macs_before: int,
+) -> allocate.Allocation:
+    """Per-layer ratios for the MACs that uniform pruning at the ratio leaves (or target_macs)."""
+    p = spec.prune
+    if p.target_macs is not None:
+        if p.target_macs >= macs_before:
+            raise PruningError(f"target_macs {p.target_macs:,} is not below the model's {macs_before:,} MACs")
+        target = p.target_macs
+    else:
+        target = allocate.uniform_macs(student, example, p, plan, float(p.ratio or 0.5))
+    alloc = allocate.allocate(student, example, sampler.train_batch(allocate.BATCH), p, plan, target)
+    if p.target_macs is not None and alloc.macs > target * 1.05:
+        raise PruningError(
+            f"target_macs {target:,} is out of reach: with every prunable layer at its largest allowed "
+            f"ratio the model still has {alloc.macs:,} MACs (layers left whole: {len(plan.kept)})"
+        )
+    return alloc
 
 
 def compress(
@@ -228,16 +254,30 @@ def run_pipeline(
         plan = prune.plan_channel_pruning(student, example, spec.prune)
         outcome.plan = plan
         ratio = spec.prune.ratio
-        if spec.prune.target_macs is not None:
+        alloc = None
+        outcome.target_macs = spec.prune.target_macs
+        if spec.prune.allocation == AllocationName.SENSITIVITY:
+            alloc = _sensitivity_allocation(student, example, sampler, spec, plan, macs_before)
+            outcome.allocation, ratio = alloc, None
+        elif spec.prune.target_macs is not None:
             ratio, _ = prune.ratio_for_target_macs(student, example, spec.prune, plan, spec.prune.target_macs)
-            outcome.target_macs = spec.prune.target_macs
         outcome.ratio_used = ratio
-        pruner = prune.make_pruner(student, example, spec.prune, plan, float(ratio or 0.5), n_rounds)
+        pruner = prune.make_pruner(
+            student,
+            example,
+            spec.prune,
+            plan,
+            0.0 if alloc else float(ratio or 0.5),
+            n_rounds,
+            layer_ratios=alloc.layer_ratios() if alloc else None,
+        )
         for i in range(n_rounds):
             check()
             if spec.prune.criterion == "taylor":
                 _taylor_grads(teacher, student, sampler, dspec.batch_size)
-            prune.prune_step(student, example, pruner, plan, float(ratio or 0.5) * (i + 1) / n_rounds)
+            f = (i + 1) / n_rounds
+            step_ratio = alloc.scaled(f)[1] if alloc else float(ratio or 0.5) * f
+            prune.prune_step(student, example, pruner, plan, step_ratio)
             student.zero_grad(set_to_none=True)
             if i == 0 or n_rounds > 1:
                 emit(

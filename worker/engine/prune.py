@@ -106,6 +106,9 @@ def static_exclusions(gm: fx.GraphModule, ignore: list[str]) -> dict[str, str]:
     """Layer name -> why its output channels are kept whole."""
     reasons: dict[str, str] = {}
     layers = prunable_layers(gm)
+    for name in layers:  # first: a user's pattern wins over a structural reason (block sites too)
+        if any(fnmatch.fnmatch(name, pat) for pat in ignore):
+            reasons[name] = "matches an ignore pattern of the spec"
     for node in gm.graph.nodes:
         if node.op == "output":
             for name in _producers(gm, node.all_input_nodes):
@@ -125,9 +128,6 @@ def static_exclusions(gm: fx.GraphModule, ignore: list[str]) -> dict[str, str]:
         ):
             for name in _producers(gm, node.all_input_nodes[:1]):
                 reasons.setdefault(name, f"feeds {node.target.__name__}")  # type: ignore[union-attr]
-    for name in layers:
-        if any(fnmatch.fnmatch(name, pat) for pat in ignore):
-            reasons.setdefault(name, "matches an ignore pattern of the spec")
     return reasons
 
 
@@ -289,16 +289,23 @@ def prune_step(
     example: dict[str, torch.Tensor],
     pruner: tp.pruner.BasePruner,
     plan: PrunePlan,
-    ratio: float,
+    ratio: float | dict[str, float],
 ) -> None:
     """One pruning round: Torch-Pruning's step, then the PixelShuffle producers in aligned blocks
-    up to the same cumulative ``ratio``; the output shape must not change."""
+    up to the same cumulative ``ratio`` (or each to its own: block-site name -> ratio, sites not
+    named are left whole); the output shape must not change."""
     ref = _run(model, example).shape
     pruner.step()
     if plan.shuffle:
         from worker.engine.shuffle import prune_shuffle_producers
 
-        prune_shuffle_producers(model, example, plan.shuffle, ratio)
+        sites = (
+            plan.shuffle
+            if not isinstance(ratio, dict)
+            else {n: c for n, c in plan.shuffle.items() if ratio.get(n, 0.0) > 0}
+        )
+        if sites:
+            prune_shuffle_producers(model, example, sites, ratio)
     got = _run(model, example).shape
     if got != ref:
         raise PruningError(f"pruning changed the output shape from {list(ref)} to {list(got)}")
@@ -311,14 +318,19 @@ def make_pruner(
     plan: PrunePlan,
     ratio: float,
     iterative_steps: int = 1,
+    layer_ratios: dict[str, float] | None = None,
 ) -> tp.pruner.BasePruner:
+    """Torch-Pruning's pruner over every layer the plan allows, at one ``ratio``, or per layer
+    where ``layer_ratios`` names it (a dependency group takes the ratio of its first named layer)."""
     ignored = [model.get_submodule(n) for n in plan.kept]
+    per_layer = {model.get_submodule(n): r for n, r in (layer_ratios or {}).items() if n not in plan.kept}
     return tp.pruner.BasePruner(
         model,
         example_inputs=tuple(example.values()),
         importance=criterion(spec.criterion),
         global_pruning=spec.global_ranking,
         pruning_ratio=ratio,
+        pruning_ratio_dict=per_layer or None,
         iterative_steps=iterative_steps,
         ignored_layers=ignored,
         max_pruning_ratio=0.95,

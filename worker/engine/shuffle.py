@@ -118,17 +118,23 @@ def _block_mappings() -> Iterator[None]:
 
 
 def prune_shuffle_producers(
-    model: nn.Module, example: dict[str, torch.Tensor], original_out: dict[str, int], ratio: float
+    model: nn.Module,
+    example: dict[str, torch.Tensor],
+    original_out: dict[str, int],
+    ratio: float | dict[str, float],
 ) -> dict[str, tuple[int, int]]:
     """Prune each PixelShuffle producer named in ``original_out`` (name -> its output channels
-    before any pruning) to ``1 - ratio`` of its original post-shuffle channels, in aligned blocks.
-    Returns name -> (output channels before this call, after)."""
+    before any pruning) to ``1 - ratio`` of its original post-shuffle channels (``ratio`` may
+    be per name), in aligned blocks. Returns name -> (output channels before this call, after)."""
     with _block_mappings():
         return _prune_sites(model, example, original_out, ratio)
 
 
 def _prune_sites(
-    model: nn.Module, example: dict[str, torch.Tensor], original_out: dict[str, int], ratio: float
+    model: nn.Module,
+    example: dict[str, torch.Tensor],
+    original_out: dict[str, int],
+    ratio: float | dict[str, float],
 ) -> dict[str, tuple[int, int]]:
     names = {m: n for n, m in model.named_modules()}
     dg = tp.DependencyGraph().build_dependency(
@@ -139,7 +145,8 @@ def _prune_sites(
         name = names.get(site.producer)
         if name is None or name not in original_out:
             continue
-        keep = max(1, round(original_out[name] // site.factor * (1 - ratio)))
+        r = ratio.get(name, 0.0) if isinstance(ratio, dict) else ratio
+        keep = max(1, round(original_out[name] // site.factor * (1 - r)))
         n_prune = site.channels - keep
         if n_prune < 1:
             continue

@@ -1,0 +1,157 @@
+"""Sensitivity allocation: per-layer ratios for a MAC budget, least output distortion first."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from worker.engine import allocate as A
+from worker.engine.importers import import_model
+from worker.engine.pipeline import run_pipeline
+from worker.engine.prune import count_macs, make_pruner, plan_channel_pruning, prunable_layers, prune_step
+from worker.engine.sampling import example_batch
+from worker.errors import PruningError
+from worker.spec import CompressionSpec, PruneSpec
+
+
+def _load(path: Path) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    im = import_model(path, None)
+    return im.module, example_batch(im.inputs, batch=2, seed=0), example_batch(im.inputs, batch=16, seed=1)
+
+
+def _one(example: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v[:1] for k, v in example.items()}
+
+
+def _mse(model: nn.Module, reference: nn.Module, batch: dict[str, torch.Tensor]) -> float:
+    with torch.no_grad():
+        return float((model(*batch.values()) - reference(*batch.values())).pow(2).mean())
+
+
+@pytest.mark.parametrize("family", ["dcgan", "resnet", "sr", "style"])
+def test_allocation_meets_the_uniform_budget_with_less_distortion(
+    family: str, tiny_onnx: dict[str, Path]
+) -> None:
+    """At the MACs uniform 0.5 leaves, the allocated model has at most those MACs (+1%) and no
+    more output distortion than the uniform one; the ratios are not all equal."""
+    model, ex, batch = _load(tiny_onnx[family])
+    spec = PruneSpec(ratio=0.5)
+    plan = plan_channel_pruning(model, ex, spec)
+    uniform = copy.deepcopy(model)
+    prune_step(uniform, ex, make_pruner(uniform, ex, spec, plan, 0.5), plan, 0.5)
+    budget = count_macs(uniform, _one(ex))
+    assert A.uniform_macs(model, ex, spec, plan, 0.5) == budget
+
+    alloc = A.allocate(model, ex, batch, spec, plan, budget)
+    student = copy.deepcopy(model)
+    pruner = make_pruner(student, ex, spec, plan, 0.0, layer_ratios=alloc.layer_ratios())
+    prune_step(student, ex, pruner, plan, alloc.site_ratios())
+    got = count_macs(student, _one(ex))
+    assert got == alloc.macs <= budget * 1.01
+    assert got >= budget * 0.7  # the last step is trimmed to the least level that suffices
+    assert _mse(student, model, batch) <= _mse(uniform, model, batch)
+    assert student(*ex.values()).shape == model(*ex.values()).shape
+    assert {u.name for u in alloc.units} == set(alloc.ratios)
+    assert all(0.0 <= r <= max(A.LEVELS) for r in alloc.ratios.values())
+
+
+def test_units_are_dependency_groups(tiny_onnx: dict[str, Path]) -> None:
+    """The residual trunk of the ResNet is one unit (its convs share channels through the adds);
+    the PixelShuffle producer of the SR model is a block-site unit."""
+    model, ex, _ = _load(tiny_onnx["resnet"])
+    plan = plan_channel_pruning(model, ex, PruneSpec(ratio=0.5))
+    units = A.find_units(model, ex, PruneSpec(ratio=0.5), plan)
+    assert any(len(u.layers) > 1 for u in units)
+    names = [n for u in units for n in u.layers]
+    assert len(names) == len(set(names))
+    sr, ex_sr, _ = _load(tiny_onnx["sr"])
+    plan_sr = plan_channel_pruning(sr, ex_sr, PruneSpec(ratio=0.5))
+    sites = [u for u in A.find_units(sr, ex_sr, PruneSpec(ratio=0.5), plan_sr) if u.block_site]
+    assert [u.name for u in sites] == list(plan_sr.shuffle)
+
+
+def test_greedy_prefers_the_cheaper_distortion_per_mac() -> None:
+    a = A.Unit("a", ["a"], False, {0.25: 1.0, 0.5: 4.0}, {0.25: 100, 0.5: 200})
+    b = A.Unit("b", ["b"], False, {0.25: 0.1, 0.5: 5.0}, {0.25: 100, 0.5: 200})
+    levels = {"a": 0.0, "b": 0.0}
+    assert A._greedy_step([a, b], levels) and levels == {"a": 0.0, "b": 0.25}
+    assert A._greedy_step([a, b], levels) and levels == {"a": 0.25, "b": 0.25}
+    assert A._greedy_step([a, b], levels) and levels == {"a": 0.5, "b": 0.25}  # 3/100 < 4.9/100
+    assert A._greedy_step([a, b], levels) and levels == {"a": 0.5, "b": 0.5}
+    assert not A._greedy_step([a, b], levels)
+
+
+def test_per_site_ratios_for_pixelshuffle_producers() -> None:
+    """Two PixelShuffle producers, each pruned to its own ratio in aligned blocks."""
+    from worker.engine.shuffle import prune_shuffle_producers
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, 1, 1),
+        nn.PixelShuffle(2),
+        nn.Conv2d(8, 32, 3, 1, 1),
+        nn.PixelShuffle(2),
+        nn.Conv2d(8, 3, 3, 1, 1),
+    ).eval()
+    x = {"x": torch.randn(1, 3, 4, 4)}
+    done = prune_shuffle_producers(model, x, {"0": 32, "2": 32}, {"0": 0.25, "2": 0.75})
+    assert done == {"0": (32, 24), "2": (32, 8)}
+    assert model(x["x"]).shape == (1, 3, 16, 16)
+
+
+def test_ignore_pattern_keeps_a_block_site_whole(tiny_onnx: dict[str, Path]) -> None:
+    """A user's ignore pattern wins over the Linear -> reshape block handling."""
+    model, ex, _ = _load(tiny_onnx["dcgan"])
+    (linear,) = [n for n, m in prunable_layers(model).items() if isinstance(m, nn.Linear)]
+    plan = plan_channel_pruning(model, ex, PruneSpec(ratio=0.5, ignore=[linear]))
+    assert "ignore pattern" in plan.kept[linear] and linear not in plan.shuffle
+
+
+def test_pipeline_reports_the_allocation(tiny_onnx: dict[str, Path], tmp_path: Path) -> None:
+    spec = CompressionSpec.model_validate(
+        {"prune": {"ratio": 0.5, "allocation": "sensitivity"}, "distill": {"steps": 3, "budget_seconds": 60}}
+    )
+    r = run_pipeline(tiny_onnx["dcgan"], spec, tmp_path / "out")
+    a = r.prune.allocation
+    assert a is not None and r.prune.macs_after == a.macs <= a.target_macs * 1.01
+    assert r.prune.ratio_used is None
+    from worker.engine.assemble import pruning_section
+
+    section = pruning_section(r)
+    assert section.allocation == "sensitivity"
+    assert any(n.startswith("sensitivity allocation: budget") for n in section.notes)
+    assert any(n.startswith("ratio per group:") for n in section.notes)
+
+
+def test_pipeline_target_macs_with_sensitivity(tiny_onnx: dict[str, Path], tmp_path: Path) -> None:
+    model, ex, _ = _load(tiny_onnx["resnet"])
+    base = count_macs(model, _one(ex))
+    spec = CompressionSpec.model_validate(
+        {
+            "prune": {"ratio": None, "target_macs": base // 2, "allocation": "sensitivity"},
+            "distill": {"steps": 2, "budget_seconds": 60},
+        }
+    )
+    calib = {"": tmp_path / "calib.npy"}
+    np.save(calib[""], np.tanh(np.random.default_rng(0).normal(size=(12, 3, 20, 20))).astype(np.float32))
+    r = run_pipeline(tiny_onnx["resnet"], spec, tmp_path / "out", calibration=calib)
+    assert r.prune.macs_after <= base // 2 * 1.01
+    too_far = spec.model_copy(update={"prune": spec.prune.model_copy(update={"target_macs": 10})})
+    with pytest.raises(PruningError, match="out of reach"):
+        run_pipeline(tiny_onnx["resnet"], too_far, tmp_path / "out2", calibration=calib)
+
+
+def test_iterative_rounds_reach_the_allocation(tiny_onnx: dict[str, Path], tmp_path: Path) -> None:
+    """Two rounds, each pruning half of every group's allocated share, end at the allocation."""
+    spec = CompressionSpec.model_validate(
+        {"prune": {"ratio": 0.5, "iterative_steps": 2}, "distill": {"steps": 4, "budget_seconds": 60}}
+    )
+    r = run_pipeline(tiny_onnx["style"], spec, tmp_path / "out")
+    a = r.prune.allocation
+    assert a is not None and len(r.distill_rounds) == 2
+    assert r.prune.macs_after <= a.target_macs * 1.05

@@ -1,0 +1,215 @@
+"""Per-layer pruning ratios by sensitivity: spend a MAC budget where it costs least.
+
+A uniform ratio removes the same share of channels everywhere, but layers differ: a latent
+projection at 4x4 costs few MACs and carries the whole code, a 9x9 output conv at full resolution
+costs many. Here every *unit* (a Torch-Pruning dependency group, or an aligned-block site of
+``shuffle.py``) is pruned alone, in a copy, at each level of ``LEVELS``; we record the output
+distortion against the unpruned model (mean squared error on a fixed batch, no training) and the
+MACs it saves. The allocation then minimises total distortion for the budget, rate-distortion
+style: for a multiplier ``lam`` each unit takes the level minimising ``distortion - lam * saved``,
+and ``lam`` is bisected until the real pruned copy meets the MAC budget.
+
+The budget is the MACs that uniform pruning at the asked ratio leaves (or ``target_macs``), so
+``ratio`` keeps its meaning as "this much smaller"; only where the channels go changes.
+Measured on the zoo in ``benchmarks/NOTES.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from worker.engine import prune as P
+from worker.spec import MAX_CHANNEL_RATIO, PruneSpec
+
+log = logging.getLogger(__name__)
+
+BATCH = 16  # inputs the output distortion is measured on
+LEVELS = tuple(r for r in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75) if r <= MAX_CHANNEL_RATIO)
+
+
+@dataclass
+class Unit:
+    """Layers whose output channels are removed together, under one ratio."""
+
+    name: str  # the first layer of the group (what the report shows)
+    layers: list[str]
+    block_site: bool  # pruned by shuffle.py in aligned blocks
+    distortion: dict[float, float] = field(default_factory=dict)  # level -> output MSE
+    saved: dict[float, int] = field(default_factory=dict)  # level -> MACs saved (alone)
+
+
+@dataclass
+class Allocation:
+    ratios: dict[str, float]  # unit name -> ratio
+    units: list[Unit]
+    macs: int
+    target_macs: int
+    seconds: float
+
+    def layer_ratios(self) -> dict[str, float]:
+        """Torch-Pruning layers -> ratio (every layer of a group, so any may be the root)."""
+        return {n: self.ratios[u.name] for u in self.units if not u.block_site for n in u.layers}
+
+    def site_ratios(self) -> dict[str, float]:
+        return {u.name: self.ratios[u.name] for u in self.units if u.block_site}
+
+    def scaled(self, f: float) -> tuple[dict[str, float], dict[str, float]]:
+        """(layer ratios, site ratios) times ``f`` (a round of iterative pruning)."""
+        return {k: v * f for k, v in self.layer_ratios().items()}, {
+            k: v * f for k, v in self.site_ratios().items()
+        }
+
+
+def find_units(
+    model: nn.Module, example: dict[str, torch.Tensor], spec: PruneSpec, plan: P.PrunePlan
+) -> list[Unit]:
+    names = {m: n for n, m in P.prunable_layers(model).items()}
+    pruner = P.make_pruner(model, example, spec, plan, 0.0)
+    units: list[Unit] = []
+    for group in pruner.DG.get_all_groups(
+        ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
+    ):
+        layers = []
+        for dep, _ in group:
+            m = dep.target.module
+            if m in names and pruner.DG.is_out_channel_pruning_fn(dep.handler) and names[m] not in layers:
+                layers.append(names[m])
+        if layers and not all(n in plan.kept for n in layers):
+            units.append(Unit(layers[0], layers, block_site=False))
+    units += [Unit(n, [n], block_site=True) for n in plan.shuffle]
+    return units
+
+
+def pruned_copy(
+    model: nn.Module,
+    example: dict[str, torch.Tensor],
+    spec: PruneSpec,
+    plan: P.PrunePlan,
+    layer_ratios: dict[str, float],
+    site_ratios: dict[str, float],
+) -> nn.Module:
+    trial = copy.deepcopy(model)
+    pruner = P.make_pruner(
+        trial, example, spec, plan, 0.0, layer_ratios={k: v for k, v in layer_ratios.items() if v > 0}
+    )
+    P.prune_step(trial, example, pruner, plan, site_ratios)
+    return trial
+
+
+def _distortion(model: nn.Module, batch: dict[str, torch.Tensor], reference: torch.Tensor) -> float:
+    with torch.no_grad():
+        out = model(*batch.values())
+    out = out[0] if isinstance(out, list | tuple) else out
+    return float((out - reference).pow(2).mean())
+
+
+def measure_units(
+    model: nn.Module,
+    example: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    spec: PruneSpec,
+    plan: P.PrunePlan,
+    units: list[Unit],
+) -> None:
+    """Fill each unit's distortion and MACs saved at every level, pruning it alone in a copy."""
+    one = {k: v[:1] for k, v in example.items()}
+    base = P.count_macs(model, one)
+    with torch.no_grad():
+        ref = model(*batch.values())
+    ref = ref[0] if isinstance(ref, list | tuple) else ref
+    for u in units:
+        for level in LEVELS:
+            lr = {} if u.block_site else {n: level for n in u.layers}
+            sr = {u.name: level} if u.block_site else {}
+            try:
+                trial = pruned_copy(model, example, spec, plan, lr, sr)
+            except Exception as e:  # a level the group cannot take (too few channels): stop here
+                log.info("allocate.level_refused unit=%s level=%.3f error=%s", u.name, level, e)
+                break
+            u.distortion[level] = _distortion(trial, batch, ref)
+            u.saved[level] = base - P.count_macs(trial, one)
+
+
+def _greedy_step(units: list[Unit], levels: dict[str, float]) -> bool:
+    """Raise one unit to the level with the least added distortion per MAC saved (any higher
+    level, so a curve that is not convex cannot trap it). False when every unit is at its top."""
+    best: tuple[float, str, float] | None = None
+    for u in units:
+        cur = levels[u.name]
+        d0, s0 = u.distortion.get(cur, 0.0), u.saved.get(cur, 0)
+        for lv, d in u.distortion.items():
+            gain = u.saved[lv] - s0
+            if lv <= cur or gain <= 0:
+                continue
+            score = (d - d0) / gain
+            if best is None or score < best[0]:
+                best = (score, u.name, lv)
+    if best is None:
+        return False
+    levels[best[1]] = best[2]
+    return True
+
+
+def allocate(
+    model: nn.Module,
+    example: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    spec: PruneSpec,
+    plan: P.PrunePlan,
+    target_macs: int,
+) -> Allocation:
+    """Per-unit ratios whose pruned model has at most about ``target_macs`` MACs at little summed
+    distortion: greedy, the least distortion per MAC saved first, each step's MACs counted on a
+    real pruned copy."""
+    t0 = time.perf_counter()
+    one = {k: v[:1] for k, v in example.items()}
+    base = P.count_macs(model, one)
+    units = find_units(model, example, spec, plan)
+    measure_units(model, example, batch, spec, plan, units)
+    units = [u for u in units if u.distortion]
+
+    def macs_of(ratios: dict[str, float]) -> int:
+        lr = {n: ratios[u.name] for u in units if not u.block_site for n in u.layers}
+        sr = {u.name: ratios[u.name] for u in units if u.block_site}
+        return P.count_macs(pruned_copy(model, example, spec, plan, lr, sr), one)
+
+    levels = {u.name: 0.0 for u in units}
+    m, limit = base, target_macs * 1.01
+    while m > limit:
+        before = dict(levels)
+        if not _greedy_step(units, levels):
+            break
+        m = macs_of(levels)  # real count: units share layers, their savings do not add up
+        if m <= limit:  # the last step may overshoot: the least level of that unit that suffices
+            (name,) = [k for k in levels if levels[k] != before[k]]
+            for lv in sorted(lv for lv in LEVELS if before[name] < lv < levels[name]):
+                trial = {**levels, name: lv}
+                mt = macs_of(trial)
+                if mt <= limit:
+                    levels, m = trial, mt
+                    break
+    alloc = Allocation(dict(levels), units, m, target_macs, time.perf_counter() - t0)
+    log.info(
+        "allocate.done units=%d macs=%d target=%d seconds=%.1f ratios=%s",
+        len(units),
+        m,
+        target_macs,
+        alloc.seconds,
+        {k: round(v, 3) for k, v in levels.items()},
+    )
+    return alloc
+
+
+def uniform_macs(
+    model: nn.Module, example: dict[str, torch.Tensor], spec: PruneSpec, plan: P.PrunePlan, ratio: float
+) -> int:
+    """MACs left by uniform pruning at ``ratio`` (the budget a ratio stands for)."""
+    trial = copy.deepcopy(model)
+    P.prune_step(trial, example, P.make_pruner(trial, example, spec, plan, ratio), plan, ratio)
+    return P.count_macs(trial, {k: v[:1] for k, v in example.items()})

@@ -172,11 +172,13 @@ def write_results(payload: dict[str, Any], out: Path, extra_md: str | None = Non
         f"Run: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}, "
         f"`{payload.get('command', 'python -m benchmarks.compress')}`  ",
         f"Machine: {_versions()}  ",
-        f"Budget: {payload['budget_seconds']:g} s of distillation wall clock per run, for both methods "
+        f"Budget: {payload['budget_seconds']:g} s of distillation wall clock per run at ratio 0.5, for both "
+        f"methods (the engine's default budget); {payload.get('curve_budget_seconds', payload['budget_seconds']):g} s "
+        "for ours at the other ratios of the curve"
         + (
-            f"(ours with {payload['overrides']} instead of the engine default)"
+            f" (ours with {payload['overrides']} instead of the engine defaults)"
             if payload.get("overrides")
-            else "(the engine also stops at its default `distill.steps` = 300)"
+            else " (ours: the engine defaults, i.e. sensitivity allocation, L1 distillation, budget-bound steps)"
         )
         + f"; torch training threads: {payload.get('train_threads', 'torch default')}; whole benchmark: "
         f"{payload['total_wall_s'] / 60:.1f} min.",
@@ -196,7 +198,8 @@ def write_results(payload: dict[str, Any], out: Path, extra_md: str | None = Non
         "latency p50 at batch 1 with teacher and student interleaved after warm-up at 1 and 2 threads; "
         "efficiency = speedup (1 thread) / MAC reduction.",
         "",
-        "## Headline: ratio 0.5 (50% of channels removed per prunable layer)",
+        "## Headline: ratio 0.5 (the baseline removes 50% of the channels of every prunable layer; ours "
+        "removes the MACs that uniform 50% pruning of its own graph would, spread over layers by sensitivity)",
         "",
         table,
         "",
@@ -211,27 +214,28 @@ def write_results(payload: dict[str, Any], out: Path, extra_md: str | None = Non
     if facts["psnr_gain_matched"]:
         gm = [g for _, g in facts["psnr_gain_matched"]]
         lines.append(
-            "At the same ratio ours can remove more MACs than the baseline (on dcgan/cgan it also prunes the "
-            "Linear -> reshape projection the baseline leaves whole), so ours was also pruned to the "
+            "At the same ratio ours can remove more MACs than the baseline (its uniform budget includes the "
+            "Linear -> reshape projection the baseline cannot prune), so where the two differ by more than 5% "
+            "ours was also pruned to the "
             f"baseline's MACs (`target_macs`, row *ours @ baseline MACs*): mean PSNR gain there "
             f"**{sum(gm) / len(gm):+.2f} dB** ({', '.join(f'{n} {g:+.2f}' for n, g in facts['psnr_gain_matched'])})."
         )
         lines.append("")
     lines += ["## Distillation throughput (ratio 0.5 student, batch 8)", ""]
     lines += [
-        "| model | ours steps/s | ours, L1 only | bare loop steps/s | ours / bare | ours L1 only / bare |",
+        "| model | ours steps/s | ours + 0.5 SSIM | bare loop steps/s | ours / bare | ours + SSIM / bare |",
         "|---|---|---|---|---|---|",
     ]
     for n, t in facts["tp"]:
         lines.append(
-            f"| {n} | {t['ours_steps_per_s']:.1f} | {t.get('ours_l1_steps_per_s', float('nan')):.1f} "
-            f"| {t['bare_steps_per_s']:.1f} | {t['ratio']:.2f} | {t.get('ratio_l1', float('nan')):.2f} |"
+            f"| {n} | {t['ours_steps_per_s']:.1f} | {t.get('ours_ssim_steps_per_s', float('nan')):.1f} "
+            f"| {t['bare_steps_per_s']:.1f} | {t['ratio']:.2f} | {t.get('ratio_ssim', float('nan')):.2f} |"
         )
     lines += [
         "",
-        "ours = `worker.engine.distill.distill` with the default spec (L1 + 0.5 SSIM; held-out checks and "
-        "best-weight snapshots every 30 steps as in a 300-step run; random crops for image inputs); "
-        "ours, L1 only = the same loop with the L1 loss alone; bare = `out = student(x); "
+        "ours = `worker.engine.distill.distill` with the default spec (L1; held-out checks and "
+        "best-weight snapshots every 50 steps; random crops for image inputs); "
+        "ours + 0.5 SSIM = the same loop with the loss L1 + 0.5 (1 - SSIM); bare = `out = student(x); "
         "F.l1_loss(out, teacher(x)).backward(); opt.step()` on a fixed batch. All on copies of the same "
         "ratio-0.5 student at batch 8, alternating 3 times for 4 s each (the machine is shared), medians.",
         "",

@@ -20,7 +20,6 @@ import copy
 import json
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch_pruning as tp
 from torch import nn
 
 from benchmarks.baseline import BATCH, LR, PRUNABLE, _sampler
+from benchmarks.common import setup
 from benchmarks.evaluate import data_range_of, heldout_feeds, teacher_path
 from worker.engine.quality import psnr, ssim
 from worker.spec import CompressionSpec, DistillSpec, PruneSpec
@@ -196,11 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for noisy in ("worker", "onnx2torch", "torch_pruning"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(1)
+    setup(1)
     chosen = [v.strip() for v in args.variants.split(",") if v.strip()] or list(VARIANTS)
     keep = 1.0
     if not args.no_match:

@@ -24,7 +24,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.baseline import run_baseline
+from benchmarks.common import setup
 from benchmarks.evaluate import evaluate_student, teacher_path
 from benchmarks.results import write_results
 from worker.spec import CompressionSpec, DistillSpec, PruneSpec
@@ -282,11 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="markdown results file")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for noisy in ("worker", "onnx2torch", "torch_pruning"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(args.train_threads)
+    setup(args.train_threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     ratios = [float(r) for r in args.ratios.split(",")]
     overrides: dict[str, Any] = {

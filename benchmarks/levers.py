@@ -14,12 +14,10 @@ import json
 import logging
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from benchmarks.common import setup
 from benchmarks.evaluate import quality, teacher_path
 from worker.spec import CompressionSpec, Criterion, DistillSpec, PruneSpec
 from worker.zoo.registry import model_entry, zoo_dir
@@ -62,11 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the benchmark)")
     ap.add_argument("--out", type=Path, default=HERE / "LEVERS.json")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for noisy in ("worker", "onnx2torch", "torch_pruning"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(args.threads)
+    setup(args.threads)
     only = {v.strip() for v in args.only.split(",") if v.strip()}
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="gc-levers-") as tmp:

@@ -1,0 +1,35 @@
+"""The fixed-step ablation and the steps-to-quality study run end to end on the real zoo dcgan
+(a handful of steps: this checks the harness, not the numbers in benchmarks/NOTES.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from benchmarks import ablate, steps_to_quality
+
+
+def test_ablation_swaps_pruning_and_training(tmp_path: Path) -> None:
+    out = tmp_path / "ablate.json"
+    variants = "baseline prune + bare,engine prune + engine"
+    assert ablate.main(["--model", "dcgan", "--steps", "4", "--variants", variants, "--out", str(out)]) == 0
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == set(variants.split(","))
+    base, ours = rows["baseline prune + bare"], rows["engine prune + engine"]
+    # the engine is pruned to the baseline's share of MACs (counted by Torch-Pruning here, which
+    # counts ConvTranspose differently from the engine: within 25%)
+    assert abs(ours["macs"] / base["macs"] - 1) < 0.25
+    for r in rows.values():
+        assert math.isfinite(r["psnr"]) and -1 <= r["ssim"] <= 1 and r["steps"] == 4
+
+
+def test_steps_to_quality_on_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "s.json"
+    assert (
+        steps_to_quality.main(["--models", "dcgan", "--steps", "2,3", "--device", "cpu", "--out", str(out)])
+        == 0
+    )
+    rows = json.loads(out.read_text())
+    assert [r["steps"] for r in rows] == [2, 3]
+    assert all(r["device"] == "cpu" and 0 < r["ssim"] <= 1 and math.isfinite(r["psnr_db"]) for r in rows)

@@ -15,7 +15,7 @@ from worker.engine.importers import import_model
 from worker.engine.pipeline import run_pipeline
 from worker.engine.prune import count_macs, make_pruner, plan_channel_pruning, prunable_layers, prune_step
 from worker.engine.sampling import example_batch
-from worker.errors import PruningError
+from worker.errors import CanceledError, PruningError
 from worker.spec import CompressionSpec, PruneSpec
 
 
@@ -116,7 +116,10 @@ def test_pipeline_reports_the_allocation(tiny_onnx: dict[str, Path], tmp_path: P
     spec = CompressionSpec.model_validate(
         {"prune": {"ratio": 0.5, "allocation": "sensitivity"}, "distill": {"steps": 3, "budget_seconds": 60}}
     )
-    r = run_pipeline(tiny_onnx["dcgan"], spec, tmp_path / "out")
+    events = []
+    r = run_pipeline(tiny_onnx["dcgan"], spec, tmp_path / "out", progress=events.append)
+    groups = [e for e in events if e.message and e.message.startswith("sensitivity of layer group")]
+    assert groups and groups[-1].total == len(r.prune.allocation.units)
     a = r.prune.allocation
     assert a is not None and r.prune.macs_after == a.macs <= a.target_macs * 1.01
     assert r.prune.ratio_used is None
@@ -155,3 +158,24 @@ def test_iterative_rounds_reach_the_allocation(tiny_onnx: dict[str, Path], tmp_p
     a = r.prune.allocation
     assert a is not None and len(r.distill_rounds) == 2
     assert r.prune.macs_after <= a.target_macs * 1.05
+
+
+def test_allocation_can_be_canceled_between_groups(tiny_onnx: dict[str, Path], tmp_path: Path) -> None:
+    """The first check follows the import; the next ones come before each layer group's sensitivity
+    trials: a stop there ends the job inside the allocation, after group 1."""
+    calls: list[int] = []
+    events = []
+
+    def stop_in_second_group() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    spec = CompressionSpec.model_validate(
+        {"prune": {"ratio": 0.5}, "distill": {"steps": 3, "budget_seconds": 60}}
+    )
+    with pytest.raises(CanceledError):
+        run_pipeline(
+            tiny_onnx["style"], spec, tmp_path / "o", progress=events.append, should_stop=stop_in_second_group
+        )
+    groups = [e.message for e in events if e.message and e.message.startswith("sensitivity")]
+    assert len(groups) == 1 and groups[0].startswith("sensitivity of layer group 1/")

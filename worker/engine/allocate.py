@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -116,14 +117,18 @@ def measure_units(
     spec: PruneSpec,
     plan: P.PrunePlan,
     units: list[Unit],
+    on_unit: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Fill each unit's distortion and MACs saved at every level, pruning it alone in a copy."""
+    """Fill each unit's distortion and MACs saved at every level, pruning it alone in a copy.
+    ``on_unit(i, n)`` is called before unit ``i`` of ``n`` (progress; it may raise to cancel)."""
     one = {k: v[:1] for k, v in example.items()}
     base = P.count_macs(model, one)
     with torch.no_grad():
         ref = model(*batch.values())
     ref = ref[0] if isinstance(ref, list | tuple) else ref
-    for u in units:
+    for i, u in enumerate(units):
+        if on_unit is not None:
+            on_unit(i, len(units))
         for level in LEVELS:
             lr = {} if u.block_site else {n: level for n in u.layers}
             sr = {u.name: level} if u.block_site else {}
@@ -163,6 +168,7 @@ def allocate(
     spec: PruneSpec,
     plan: P.PrunePlan,
     target_macs: int,
+    on_unit: Callable[[int, int], None] | None = None,
 ) -> Allocation:
     """Per-unit ratios whose pruned model has at most about ``target_macs`` MACs at little summed
     distortion: greedy, the least distortion per MAC saved first, each step's MACs counted on a
@@ -171,7 +177,7 @@ def allocate(
     one = {k: v[:1] for k, v in example.items()}
     base = P.count_macs(model, one)
     units = find_units(model, example, spec, plan)
-    measure_units(model, example, batch, spec, plan, units)
+    measure_units(model, example, batch, spec, plan, units, on_unit)
     units = [u for u in units if u.distortion]
 
     def macs_of(ratios: dict[str, float]) -> int:

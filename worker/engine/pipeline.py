@@ -141,6 +141,7 @@ def _sensitivity_allocation(
     spec: CompressionSpec,
     plan: prune.PrunePlan,
     macs_before: int,
+    on_unit: Callable[[int, int], None] | None = None,
 ) -> allocate.Allocation:
     """Per-layer ratios for the MACs that uniform pruning at the ratio leaves (or target_macs)."""
     p = spec.prune
@@ -150,7 +151,7 @@ def _sensitivity_allocation(
         target = p.target_macs
     else:
         target = allocate.uniform_macs(student, example, p, plan, float(p.ratio or 0.5))
-    alloc = allocate.allocate(student, example, sampler.train_batch(allocate.BATCH), p, plan, target)
+    alloc = allocate.allocate(student, example, sampler.train_batch(allocate.BATCH), p, plan, target, on_unit)
     if p.target_macs is not None and alloc.macs > target * 1.05:
         raise PruningError(
             f"target_macs {target:,} is out of reach: with every prunable layer at its largest allowed "
@@ -257,7 +258,16 @@ def run_pipeline(
         alloc = None
         outcome.target_macs = spec.prune.target_macs
         if spec.prune.allocation == AllocationName.SENSITIVITY:
-            alloc = _sensitivity_allocation(student, example, sampler, spec, plan, macs_before)
+
+            def on_unit(i: int, n: int) -> None:
+                check()
+                emit(
+                    Progress(
+                        stage=Stage.PRUNE, step=i, total=n, message=f"sensitivity of layer group {i + 1}/{n}"
+                    )
+                )
+
+            alloc = _sensitivity_allocation(student, example, sampler, spec, plan, macs_before, on_unit)
             outcome.allocation, ratio = alloc, None
         elif spec.prune.target_macs is not None:
             ratio, _ = prune.ratio_for_target_macs(student, example, spec.prune, plan, spec.prune.target_macs)

@@ -69,6 +69,7 @@ def engine_pruned(name: str, prune: dict[str, Any]) -> tuple[nn.Module, nn.Modul
 
     prune = dict(prune)
     keep = prune.pop("target_macs_fraction", None)
+    mix = prune.pop("mix", 0.0)  # sampler option riding along with the pruning overrides
     spec = CompressionSpec(prune=PruneSpec(**prune))
     imported = import_model(teacher_path(name), spec.inputs)
     entry = model_entry(name)
@@ -77,7 +78,7 @@ def engine_pruned(name: str, prune: dict[str, Any]) -> tuple[nn.Module, nn.Modul
         for n, s in imported.inputs.items()
         if s.distribution == Distribution.CALIBRATION
     }
-    sampler = InputSampler(imported.inputs, arrays, seed=spec.seed)
+    sampler = InputSampler(imported.inputs, arrays, seed=spec.seed, mix=mix)
     teacher = copy.deepcopy(imported.module).eval()
     student = imported.module
     example = sampler.train_batch(2)

@@ -54,7 +54,7 @@ def _first(out: Any) -> torch.Tensor:
 
 def _sampler_for(name: str, r: Any) -> Any:
     """An engine ``InputSampler`` over the zoo calibration set of a pipeline result's model."""
-    from worker.engine.sampling import InputSampler, load_calibration
+    from worker.engine.sampling import InputSampler, load_calibration, mix_share
     from worker.spec import Distribution
 
     entry = model_entry(name)
@@ -63,7 +63,7 @@ def _sampler_for(name: str, r: Any) -> Any:
         for n, spec in r.imported.inputs.items()
         if spec.distribution == Distribution.CALIBRATION
     }
-    return InputSampler(r.imported.inputs, arrays, seed=11)
+    return InputSampler(r.imported.inputs, arrays, seed=11, mix=mix_share(DistillSpec().augment))
 
 
 def throughput(name: str, r: Any, rounds: int = 3, seconds: float = TP_SECONDS) -> dict[str, float]:

@@ -44,6 +44,13 @@ class AllocationName(StrEnum):
     SENSITIVITY = "sensitivity"  # per-layer ratios for the same MACs, least output distortion
 
 
+class Augment(StrEnum):
+    """Training-input variety for image inputs (held-out images are never augmented)."""
+
+    FLIP = "flip"  # random crops (when images are larger than the input) and horizontal flips
+    MIX = "mix"  # flip, and half the images blended with another (lambda ~ U(0.5, 1))
+
+
 class LossName(StrEnum):
     """Distillation losses (student output vs teacher output, or features)."""
 
@@ -199,6 +206,11 @@ class DistillSpec(_Strict):
     )
     batch_size: int = Field(8, ge=1, le=512)
     lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate (cosine-decayed).")
+    augment: Augment = Field(
+        Augment.MIX,
+        description="Image inputs: 'flip' (random crops and flips) or 'mix' (also blends pairs of calibration "
+        "images: more distinct inputs from a small set).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DistillSpec:

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from worker.errors import BadSpecError
-from worker.spec import AllocationName, CompressionSpec, Criterion, LossName, PruneMethod, Quantize
+from worker.spec import AllocationName, Augment, CompressionSpec, Criterion, LossName, PruneMethod, Quantize
 
 
 def add_spec_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,6 +43,11 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--loss", metavar="NAME=W,...", help=f"losses, names: {', '.join(LossName)}")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
+    g.add_argument(
+        "--augment",
+        choices=[a.value for a in Augment],
+        help="image inputs: flip (crops and flips) or mix (also blends pairs of images)",
+    )
     g.add_argument("--quantize", choices=[q.value for q in Quantize])
     g.add_argument("--opset", type=int)
     g.add_argument("--seed", type=int)
@@ -127,6 +132,7 @@ def spec_from_args(args: argparse.Namespace) -> CompressionSpec:
             "losses": parse_losses(args.loss) if args.loss else None,
             "batch_size": args.batch_size,
             "lr": args.lr,
+            "augment": args.augment,
         },
         "export": {"opset": args.opset, "quantize": args.quantize},
     }

@@ -24,7 +24,7 @@ from worker.engine import blocks as block_prune
 from worker.engine.distill import DistillResult, distill, heldout_score
 from worker.engine.export import ExportResult, cleanup, export_student
 from worker.engine.importers import ImportedModel, dynamic_spatial_inputs, import_model
-from worker.engine.sampling import InputSampler, load_calibration
+from worker.engine.sampling import InputSampler, load_calibration, mix_share
 from worker.errors import BadCalibrationError, CanceledError, PruningError
 from worker.spec import AllocationName, CompressionSpec, Distribution, Progress, PruneMethod, Stage
 
@@ -209,7 +209,7 @@ def run_pipeline(
     emit(Progress(stage=Stage.IMPORT, message="converting the model"))
     imported = import_model(model_path, spec.inputs)
     arrays = _load_calibrations(imported, calibration or {})
-    sampler = InputSampler(imported.inputs, arrays, seed=spec.seed)
+    sampler = InputSampler(imported.inputs, arrays, seed=spec.seed, mix=mix_share(spec.distill.augment))
     teacher = copy.deepcopy(imported.module).eval()
     student = imported.module
     heldout = sampler.heldout(HELDOUT_N)

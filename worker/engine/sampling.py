@@ -19,6 +19,7 @@ from worker.errors import BadCalibrationError
 from worker.spec import Distribution, InputSpec
 
 HELDOUT_FRACTION = 0.2
+MIX_SHARE = 0.5  # augment "mix": share of training images blended with another
 MIN_HELDOUT = 4
 MAX_IMAGES = 4096
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -160,6 +161,11 @@ def _center_crop(im: object, size: tuple[int, int]) -> object:
     return ImageOps.fit(im, size)
 
 
+def mix_share(augment: str) -> float:
+    """The sampler's ``mix`` for a ``DistillSpec.augment`` value."""
+    return MIX_SHARE if augment == "mix" else 0.0
+
+
 class InputSampler:
     """Training batches and a fixed held-out set for all inputs of a model.
 
@@ -174,8 +180,10 @@ class InputSampler:
         inputs: dict[str, InputSpec],
         calibration: dict[str, np.ndarray] | None = None,
         seed: int = 0,
+        mix: float = 0.0,
     ) -> None:
         self.inputs = inputs
+        self.mix = mix  # share of training images blended with another training image
         self.gen = torch.Generator().manual_seed(seed)
         self.heldout_seed = seed + 1_000_003
         self.train_images: dict[str, torch.Tensor] = {}
@@ -209,6 +217,11 @@ class InputSampler:
             left = int(torch.randint(0, t.shape[3] - w + 1, (1,), generator=self.gen))
             img = t[j, :, top : top + h, left : left + w]
             out[i] = img.flip(-1) if torch.rand(1, generator=self.gen).item() < 0.5 else img
+        if self.mix > 0:
+            blend = torch.rand(batch, generator=self.gen) < self.mix
+            lam = (0.5 + 0.5 * torch.rand(batch, generator=self.gen)).view(-1, 1, 1, 1)
+            partner = out[torch.randperm(batch, generator=self.gen)]
+            out = torch.where(blend.view(-1, 1, 1, 1), lam * out + (1 - lam) * partner, out)
         return out
 
     def train_batch(self, batch: int) -> dict[str, torch.Tensor]:

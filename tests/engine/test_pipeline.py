@@ -46,3 +46,19 @@ def test_iterative_rounds_alternate_with_distillation(tiny_onnx: dict[str, Path]
     assert len(r.distill_rounds) == 3 and sum(x.steps for x in r.distill_rounds) == 9
     recs = [x for x in r.prune.plan.layers.values() if x.pruned]
     assert recs and all(x.channels_after == x.channels_before // 2 for x in recs)
+
+
+@pytest.mark.parametrize("augment", ["flip", "mix"])
+def test_report_says_how_training_images_were_varied(
+    augment: str, tiny_onnx: dict[str, Path], tmp_path: Path
+) -> None:
+    from worker.engine.assemble import distillation_section
+
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.tanh(np.random.default_rng(0).normal(size=(12, 3, 20, 20))).astype(np.float32))
+    spec = CompressionSpec.model_validate(
+        {"prune": {"ratio": 0.5}, "distill": {"steps": 2, "budget_seconds": 60, "augment": augment}}
+    )
+    r = run_pipeline(tiny_onnx["resnet"], spec, tmp_path / "out", calibration={"": calib})
+    (note,) = [n for n in distillation_section(r, "ssim").notes if n.startswith("training images")]
+    assert ("blended" in note) == (augment == "mix")

@@ -171,6 +171,12 @@ def distillation_section(r: PipelineResult, metric: str) -> DistillationSection:
         notes.append(f"{len(r.distill_rounds)} rounds: pruning and distillation alternated (iterative_steps)")
     if last is not None and last.samples_per_second:
         notes.append(f"throughput {steps * d.batch_size / max(seconds, 1e-9):.1f} samples/s")
+    if any(s.distribution == Distribution.CALIBRATION for s in r.imported.inputs.values()):
+        notes.append(
+            "training images: random crops and horizontal flips"
+            + (", half of each batch blended with another image (augment 'mix')" if d.augment == "mix" else "")
+            + "; held-out images are never trained on"
+        )
     return DistillationSection(
         steps=steps,
         steps_asked=d.steps,

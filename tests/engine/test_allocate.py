@@ -179,3 +179,10 @@ def test_allocation_can_be_canceled_between_groups(tiny_onnx: dict[str, Path], t
         )
     groups = [e.message for e in events if e.message and e.message.startswith("sensitivity")]
     assert len(groups) == 1 and groups[0].startswith("sensitivity of layer group 1/")
+
+
+def test_distortion_batch_shrinks_with_image_size() -> None:
+    assert A.batch_size_for({"z": torch.zeros(2, 64)}) == A.BATCH
+    assert A.batch_size_for({"x": torch.zeros(2, 3, 64, 64)}) == A.BATCH
+    assert A.batch_size_for({"x": torch.zeros(2, 3, 128, 128)}) == 4
+    assert A.batch_size_for({"x": torch.zeros(2, 3, 512, 512)}) == 2

@@ -30,7 +30,8 @@ from worker.spec import MAX_CHANNEL_RATIO, PruneSpec
 
 log = logging.getLogger(__name__)
 
-BATCH = 16  # inputs the output distortion is measured on
+BATCH = 16  # inputs the output distortion is measured on (at 64 x 64 or less; fewer when larger)
+BATCH_PIXELS = 16 * 64 * 64
 LEVELS = tuple(r for r in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75) if r <= MAX_CHANNEL_RATIO)
 
 
@@ -52,6 +53,7 @@ class Allocation:
     macs: int
     target_macs: int
     seconds: float
+    batch: int = 0  # inputs the distortion was measured on
 
     def layer_ratios(self) -> dict[str, float]:
         """Torch-Pruning layers -> ratio (every layer of a group, so any may be the root)."""
@@ -65,6 +67,13 @@ class Allocation:
         return {k: v * f for k, v in self.layer_ratios().items()}, {
             k: v * f for k, v in self.site_ratios().items()
         }
+
+
+def batch_size_for(example: dict[str, torch.Tensor]) -> int:
+    """Inputs to measure distortion on: ``BATCH``, fewer for large images (every trial runs the
+    batch through a pruned copy), at least 2."""
+    pixels = max((v.shape[-2] * v.shape[-1] for v in example.values() if v.dim() == 4), default=1)
+    return max(2, min(BATCH, BATCH_PIXELS // pixels))
 
 
 def find_units(
@@ -200,7 +209,8 @@ def allocate(
                 if mt <= limit:
                     levels, m = trial, mt
                     break
-    alloc = Allocation(dict(levels), units, m, target_macs, time.perf_counter() - t0)
+    n = len(next(iter(batch.values())))
+    alloc = Allocation(dict(levels), units, m, target_macs, time.perf_counter() - t0, batch=n)
     log.info(
         "allocate.done units=%d macs=%d target=%d seconds=%.1f ratios=%s",
         len(units),

@@ -113,7 +113,7 @@ def pruning_section(r: PipelineResult) -> PruningSection:
             notes.append(
                 f"sensitivity allocation: budget {budget}, reached {a.macs:,}. Each of {len(a.units)} layer "
                 f"groups was pruned alone in a copy at ratios {', '.join(f'{x:g}' for x in allocate.LEVELS)} and "
-                f"its output distortion (MSE vs the original on {allocate.BATCH} inputs, no training) measured; "
+                f"its output distortion (MSE vs the original on {a.batch} inputs, no training) measured; "
                 f"groups were then pruned greedily, least distortion per MAC saved first ({a.seconds:.1f} s)"
             )
             notes.append("ratio per group: " + ", ".join(f"{u.name} {a.ratios[u.name]:g}" for u in a.units))
@@ -174,7 +174,11 @@ def distillation_section(r: PipelineResult, metric: str) -> DistillationSection:
     if any(s.distribution == Distribution.CALIBRATION for s in r.imported.inputs.values()):
         notes.append(
             "training images: random crops and horizontal flips"
-            + (", half of each batch blended with another image (augment 'mix')" if d.augment == "mix" else "")
+            + (
+                ", half of each batch blended with another image (augment 'mix')"
+                if d.augment == "mix"
+                else ""
+            )
             + "; held-out images are never trained on"
         )
     return DistillationSection(

@@ -151,7 +151,8 @@ def _sensitivity_allocation(
         target = p.target_macs
     else:
         target = allocate.uniform_macs(student, example, p, plan, float(p.ratio or 0.5))
-    alloc = allocate.allocate(student, example, sampler.train_batch(allocate.BATCH), p, plan, target, on_unit)
+    batch = sampler.train_batch(allocate.batch_size_for(example))
+    alloc = allocate.allocate(student, example, batch, p, plan, target, on_unit)
     if p.target_macs is not None and alloc.macs > target * 1.05:
         raise PruningError(
             f"target_macs {target:,} is out of reach: with every prunable layer at its largest allowed "

@@ -53,6 +53,6 @@ demo: setup
 	$(BIN)/gancompress demo --host $(HOST) --port $(PORT)
 
 ## bench: compression benchmark, engine defaults vs a hand-written baseline, on the zoo; writes
-## benchmarks/RESULTS.md (+ .json, quality_vs_macs.png); about 30 minutes on 2 cores
+## benchmarks/RESULTS.md (+ .json, quality_vs_macs.png); about 40 minutes on 2 cores
 bench: setup
 	$(BIN)/python -m benchmarks.compress

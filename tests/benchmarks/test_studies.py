@@ -33,3 +33,14 @@ def test_steps_to_quality_on_cpu(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())
     assert [r["steps"] for r in rows] == [2, 3]
     assert all(r["device"] == "cpu" and 0 < r["ssim"] <= 1 and math.isfinite(r["psnr_db"]) for r in rows)
+
+
+def test_profile_nodes_prints_per_node_times(capsys) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks import profile_nodes
+
+    assert profile_nodes.main(["--model", "dcgan", "--runs", "3", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "teacher:" in out and "student:" in out
+    speedup = float(out.split("kernel-time speedup ")[1].split("x")[0])
+    mac_red = float(out.split("MAC reduction ")[1].split("x")[0])
+    assert speedup > 0 and mac_red > 1.5  # the default ratio-0.5 student really is smaller

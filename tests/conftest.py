@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -155,3 +156,12 @@ def s3_store(s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     with contextlib.suppress(Exception):
         store.client.create_bucket(Bucket="gc-bucket")
     return store
+
+
+@pytest.fixture(scope="session")
+def service(redis_base: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real API + Celery worker for the whole session, shared by the integration and browser
+    tests (defined here so both directories get the same instance)."""
+    from tests.integration.conftest import run_service
+
+    yield from run_service(redis_base, tmp_path_factory)

@@ -25,10 +25,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.integration import conftest as integration
 from tests.integration.conftest import ROOT, ZOO, Service, _stop
-
-service = integration.service  # the integration tests' session fixture, shared here
 
 CHROMIUM = os.environ.get("GANCOMPRESS_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

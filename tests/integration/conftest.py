@@ -69,8 +69,10 @@ def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], logs: Path, time
     raise RuntimeError(f"the service did not become ready: {last}")
 
 
-@pytest.fixture(scope="session")
-def service(redis_base: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def run_service(redis_base: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """Start a real uvicorn API and a real Celery worker on their own Redis key prefix; yield
+    them, then stop both and delete the prefix. The ``service`` fixture (tests/conftest.py) runs
+    it once per session for the integration and browser tests together."""
     prefix = f"gci{uuid.uuid4().hex[:10]}:"
     redis_url = f"{redis_base}/{INTEGRATION_DB}"
     tmp = tmp_path_factory.mktemp("service")

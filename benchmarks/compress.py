@@ -313,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     total = time.perf_counter() - t0
     payload = {
+        "run_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "overrides": overrides,
         "command": " ".join(["python -m benchmarks.compress", *(argv if argv is not None else sys.argv[1:])]),
         "budget_seconds": args.budget_seconds,

@@ -169,7 +169,7 @@ def write_results(payload: dict[str, Any], out: Path, extra_md: str | None = Non
     lines = [
         "# Compression benchmark: gancompress defaults vs a hand-written baseline",
         "",
-        f"Run: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}, "
+        f"Run: {payload.get('run_utc') or dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}, "
         f"`{payload.get('command', 'python -m benchmarks.compress')}`  ",
         f"Machine: {_versions()}  ",
         f"Budget: {payload['budget_seconds']:g} s of distillation wall clock per run at ratio 0.5, for both "

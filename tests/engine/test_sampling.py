@@ -37,3 +37,20 @@ def test_mix_blends_pairs_of_training_images() -> None:
     half = InputSampler(SPEC, {"image": _calib()}, seed=0, mix=0.5).train_batch(256)["image"]
     share = sum(not _matches_a_training_image(b, train) for b in half) / len(half)
     assert 0.3 < share < 0.6
+
+
+def test_larger_images_are_cropped_to_the_input() -> None:
+    big = np.random.default_rng(1).uniform(-1, 1, size=(10, 3, 12, 12)).astype(np.float32)
+    s = InputSampler(SPEC, {"image": big}, seed=0)
+    batch = s.train_batch(16)["image"]
+    assert batch.shape == (16, 3, 8, 8)
+    train = s.train_images["image"]
+    windows = [
+        w
+        for t in train
+        for top in range(5)
+        for left in range(5)
+        for w in (t[:, top : top + 8, left : left + 8], t[:, top : top + 8, left : left + 8].flip(-1))
+    ]
+    assert all(any(torch.equal(b, w) for w in windows) for b in batch)
+    assert len({tuple(b.flatten()[:4].tolist()) for b in batch}) > 8  # varied crops, not one window

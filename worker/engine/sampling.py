@@ -211,12 +211,17 @@ class InputSampler:
     def _crop(self, t: torch.Tensor, spec: InputSpec, batch: int) -> torch.Tensor:
         h, w = spec.shape[2], spec.shape[3]
         idx = torch.randint(0, t.shape[0], (batch,), generator=self.gen)
-        out = torch.empty((batch, t.shape[1], h, w))
-        for i, j in enumerate(idx.tolist()):
-            top = int(torch.randint(0, t.shape[2] - h + 1, (1,), generator=self.gen))
-            left = int(torch.randint(0, t.shape[3] - w + 1, (1,), generator=self.gen))
-            img = t[j, :, top : top + h, left : left + w]
-            out[i] = img.flip(-1) if torch.rand(1, generator=self.gen).item() < 0.5 else img
+        if t.shape[2] == h and t.shape[3] == w:  # nothing to crop: one gather and one select
+            out = t[idx]
+            flip = (torch.rand(batch, generator=self.gen) < 0.5).view(-1, 1, 1, 1)
+            out = torch.where(flip, out.flip(-1), out)
+        else:
+            out = torch.empty((batch, t.shape[1], h, w))
+            for i, j in enumerate(idx.tolist()):
+                top = int(torch.randint(0, t.shape[2] - h + 1, (1,), generator=self.gen))
+                left = int(torch.randint(0, t.shape[3] - w + 1, (1,), generator=self.gen))
+                img = t[j, :, top : top + h, left : left + w]
+                out[i] = img.flip(-1) if torch.rand(1, generator=self.gen).item() < 0.5 else img
         if self.mix > 0:
             blend = torch.rand(batch, generator=self.gen) < self.mix
             lam = (0.5 + 0.5 * torch.rand(batch, generator=self.gen)).view(-1, 1, 1, 1)

@@ -26,11 +26,10 @@ from typing import Any
 import onnx
 import onnx2torch
 import torch
-import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from benchmarks.baseline import BATCH, LR, PRUNABLE, _sampler
+from benchmarks.baseline import PRUNABLE, _sampler, train_l1
 from benchmarks.common import setup
 from benchmarks.evaluate import data_range_of, heldout_feeds, teacher_path
 from worker.engine.quality import psnr, ssim
@@ -112,20 +111,8 @@ def macs(model: nn.Module, name: str) -> int:
 
 
 def bare_train(name: str, teacher: nn.Module, student: nn.Module, steps: int) -> float:
-    batch = _sampler(name, 0)
-    params = [p for p in student.parameters() if p.is_floating_point()]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=LR)
     t0 = time.perf_counter()
-    for _ in range(steps):
-        x = batch(BATCH)
-        with torch.no_grad():
-            t = _first(teacher(*x))
-        loss = F.l1_loss(_first(student(*x)), t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    train_l1(student, teacher, _sampler(name, 0), steps=steps)
     return time.perf_counter() - t0
 
 

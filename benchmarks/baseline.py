@@ -68,6 +68,34 @@ def _first(out: torch.Tensor | list | tuple) -> torch.Tensor:
     return out[0] if isinstance(out, list | tuple) else out
 
 
+def train_l1(
+    model: nn.Module,
+    teacher: nn.Module,
+    batch: callable,  # type: ignore[valid-type]
+    *,
+    budget_s: float = float("inf"),
+    steps: int | None = None,
+) -> int:
+    """The baseline's loop: Adam (lr ``LR``) on L1(model(x), teacher(x)), a fresh batch of
+    ``BATCH`` each step, until ``budget_s`` seconds or ``steps`` steps. Returns the steps run."""
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=LR)
+    start = time.perf_counter()
+    n = 0
+    while time.perf_counter() - start < budget_s and (steps is None or n < steps):
+        x = batch(BATCH)
+        with torch.no_grad():
+            t = _first(teacher(*x))
+        loss = F.l1_loss(_first(model(*x)), t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n += 1
+    return n
+
+
 def run_baseline(
     name: str, onnx_path: Path, ratio: float, budget_s: float, out: Path, seed: int = 0
 ) -> BaselineRun:
@@ -100,24 +128,11 @@ def run_baseline(
         return BaselineRun(0, 0.0, f"pruning: {_line(e)}")
     if shape != ref_shape:
         return BaselineRun(0, 0.0, f"pruning changed the output shape {list(ref_shape)} -> {list(shape)}")
-    params = [p for p in model.parameters() if p.is_floating_point()]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=LR)
     start = time.perf_counter()
-    steps = 0
     try:
-        while time.perf_counter() - start < budget_s:
-            x = batch(BATCH)
-            with torch.no_grad():
-                t = _first(teacher(*x))
-            loss = F.l1_loss(_first(model(*x)), t)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            steps += 1
+        steps = train_l1(model, teacher, batch, budget_s=budget_s)
     except Exception as e:
-        return BaselineRun(steps, time.perf_counter() - start, f"training: {_line(e)}")
+        return BaselineRun(0, time.perf_counter() - start, f"training: {_line(e)}")
     seconds = time.perf_counter() - start
     model.eval()
     names = [i.name for i in onnx.load(str(onnx_path)).graph.input]

@@ -44,3 +44,16 @@ def test_profile_nodes_prints_per_node_times(capsys) -> None:  # type: ignore[no
     speedup = float(out.split("kernel-time speedup ")[1].split("x")[0])
     mac_red = float(out.split("MAC reduction ")[1].split("x")[0])
     assert speedup > 0 and mac_red > 1.5  # the default ratio-0.5 student really is smaller
+
+
+def test_baseline_trains_and_exports_or_says_where_it_broke(tmp_path: Path) -> None:
+    import onnx
+
+    from benchmarks.baseline import run_baseline
+    from benchmarks.evaluate import teacher_path
+
+    ok = run_baseline("dcgan", teacher_path("dcgan"), 0.5, 0.5, tmp_path / "b.onnx")
+    assert ok.error is None and ok.steps >= 1
+    onnx.checker.check_model(onnx.load(str(tmp_path / "b.onnx")))
+    bad = run_baseline("srresnet", teacher_path("srresnet"), 0.5, 0.5, tmp_path / "c.onnx")
+    assert bad.error is not None and bad.error.startswith("pruning: ") and not (tmp_path / "c.onnx").exists()

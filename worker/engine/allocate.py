@@ -57,16 +57,23 @@ class Allocation:
 
     def layer_ratios(self) -> dict[str, float]:
         """Torch-Pruning layers -> ratio (every layer of a group, so any may be the root)."""
-        return {n: self.ratios[u.name] for u in self.units if not u.block_site for n in u.layers}
+        return split_ratios(self.units, self.ratios)[0]
 
     def site_ratios(self) -> dict[str, float]:
-        return {u.name: self.ratios[u.name] for u in self.units if u.block_site}
+        return split_ratios(self.units, self.ratios)[1]
 
     def scaled(self, f: float) -> tuple[dict[str, float], dict[str, float]]:
         """(layer ratios, site ratios) times ``f`` (a round of iterative pruning)."""
         return {k: v * f for k, v in self.layer_ratios().items()}, {
             k: v * f for k, v in self.site_ratios().items()
         }
+
+
+def split_ratios(units: list[Unit], ratios: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """Unit ratios as (Torch-Pruning layer -> ratio, block site -> ratio)."""
+    layers = {n: ratios[u.name] for u in units if not u.block_site for n in u.layers}
+    sites = {u.name: ratios[u.name] for u in units if u.block_site}
+    return layers, sites
 
 
 def batch_size_for(example: dict[str, torch.Tensor]) -> int:
@@ -139,10 +146,8 @@ def measure_units(
         if on_unit is not None:
             on_unit(i, len(units))
         for level in LEVELS:
-            lr = {} if u.block_site else {n: level for n in u.layers}
-            sr = {u.name: level} if u.block_site else {}
             try:
-                trial = pruned_copy(model, example, spec, plan, lr, sr)
+                trial = pruned_copy(model, example, spec, plan, *split_ratios([u], {u.name: level}))
             except Exception as e:  # a level the group cannot take (too few channels): stop here
                 log.info("allocate.level_refused unit=%s level=%.3f error=%s", u.name, level, e)
                 break
@@ -190,9 +195,7 @@ def allocate(
     units = [u for u in units if u.distortion]
 
     def macs_of(ratios: dict[str, float]) -> int:
-        lr = {n: ratios[u.name] for u in units if not u.block_site for n in u.layers}
-        sr = {u.name: ratios[u.name] for u in units if u.block_site}
-        return P.count_macs(pruned_copy(model, example, spec, plan, lr, sr), one)
+        return P.count_macs(pruned_copy(model, example, spec, plan, *split_ratios(units, ratios)), one)
 
     levels = {u.name: 0.0 for u in units}
     m, limit = base, target_macs * 1.01

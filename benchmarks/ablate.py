@@ -90,7 +90,7 @@ def engine_pruned(name: str, prune: dict[str, Any]) -> tuple[nn.Module, nn.Modul
         target = (
             int(keep * base)
             if keep is not None
-            else A.uniform_macs(student, example, spec.prune, plan, ratio)
+            else P.macs_at_ratio(student, example, spec.prune, plan, ratio)
         )
         alloc = A.allocate(student, example, sampler.train_batch(16), spec.prune, plan, target)
         print("allocation", alloc.ratios, alloc.macs, target, f"{alloc.seconds:.1f}s")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,3 +34,11 @@ def tiny_ts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return {name: tiny.export(name, d / f"{name}.pt", fmt="torchscript") for name in tiny.FAMILIES}
+
+
+@pytest.fixture
+def calib_file(tmp_path: Path) -> Path:
+    """12 smooth random 3x20x20 images in [-1, 1] as .npy: calibration for the tiny image models."""
+    path = tmp_path / "calib.npy"
+    np.save(path, np.tanh(np.random.default_rng(0).normal(size=(12, 3, 20, 20))).astype(np.float32))
+    return path

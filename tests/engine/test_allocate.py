@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -13,7 +12,14 @@ from torch import nn
 from worker.engine import allocate as A
 from worker.engine.importers import import_model
 from worker.engine.pipeline import run_pipeline
-from worker.engine.prune import count_macs, make_pruner, plan_channel_pruning, prunable_layers, prune_step
+from worker.engine.prune import (
+    count_macs,
+    macs_at_ratio,
+    make_pruner,
+    plan_channel_pruning,
+    prunable_layers,
+    prune_step,
+)
 from worker.engine.sampling import example_batch
 from worker.errors import CanceledError, PruningError
 from worker.spec import CompressionSpec, PruneSpec
@@ -45,7 +51,7 @@ def test_allocation_meets_the_uniform_budget_with_less_distortion(
     uniform = copy.deepcopy(model)
     prune_step(uniform, ex, make_pruner(uniform, ex, spec, plan, 0.5), plan, 0.5)
     budget = count_macs(uniform, _one(ex))
-    assert A.uniform_macs(model, ex, spec, plan, 0.5) == budget
+    assert macs_at_ratio(model, ex, spec, plan, 0.5) == budget
 
     alloc = A.allocate(model, ex, batch, spec, plan, budget)
     student = copy.deepcopy(model)
@@ -131,7 +137,9 @@ def test_pipeline_reports_the_allocation(tiny_onnx: dict[str, Path], tmp_path: P
     assert any(n.startswith("ratio per group:") for n in section.notes)
 
 
-def test_pipeline_target_macs_with_sensitivity(tiny_onnx: dict[str, Path], tmp_path: Path) -> None:
+def test_pipeline_target_macs_with_sensitivity(
+    tiny_onnx: dict[str, Path], tmp_path: Path, calib_file: Path
+) -> None:
     model, ex, _ = _load(tiny_onnx["resnet"])
     base = count_macs(model, _one(ex))
     spec = CompressionSpec.model_validate(
@@ -140,8 +148,7 @@ def test_pipeline_target_macs_with_sensitivity(tiny_onnx: dict[str, Path], tmp_p
             "distill": {"steps": 2, "budget_seconds": 60},
         }
     )
-    calib = {"": tmp_path / "calib.npy"}
-    np.save(calib[""], np.tanh(np.random.default_rng(0).normal(size=(12, 3, 20, 20))).astype(np.float32))
+    calib = {"": calib_file}
     r = run_pipeline(tiny_onnx["resnet"], spec, tmp_path / "out", calibration=calib)
     assert r.prune.macs_after <= base // 2 * 1.01
     too_far = spec.model_copy(update={"prune": spec.prune.model_copy(update={"target_macs": 10})})

@@ -14,10 +14,9 @@ from worker.spec import CompressionSpec, PruneMethod
 
 @pytest.mark.parametrize("method", list(PruneMethod))
 def test_every_method_runs_and_exports(
-    method: PruneMethod, tiny_onnx: dict[str, Path], tmp_path: Path
+    method: PruneMethod, tiny_onnx: dict[str, Path], tmp_path: Path, calib_file: Path
 ) -> None:
-    calib = tmp_path / "calib.npy"
-    np.save(calib, np.tanh(np.random.default_rng(0).normal(size=(12, 3, 20, 20))).astype(np.float32))
+    calib = calib_file
     spec = CompressionSpec.model_validate(
         {"prune": {"method": method.value, "ratio": 0.5}, "distill": {"steps": 10, "budget_seconds": 60}}
     )
@@ -50,12 +49,11 @@ def test_iterative_rounds_alternate_with_distillation(tiny_onnx: dict[str, Path]
 
 @pytest.mark.parametrize("augment", ["flip", "mix"])
 def test_report_says_how_training_images_were_varied(
-    augment: str, tiny_onnx: dict[str, Path], tmp_path: Path
+    augment: str, tiny_onnx: dict[str, Path], tmp_path: Path, calib_file: Path
 ) -> None:
     from worker.engine.assemble import distillation_section
 
-    calib = tmp_path / "calib.npy"
-    np.save(calib, np.tanh(np.random.default_rng(0).normal(size=(12, 3, 20, 20))).astype(np.float32))
+    calib = calib_file
     spec = CompressionSpec.model_validate(
         {"prune": {"ratio": 0.5}, "distill": {"steps": 2, "budget_seconds": 60, "augment": augment}}
     )

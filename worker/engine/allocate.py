@@ -62,12 +62,6 @@ class Allocation:
     def site_ratios(self) -> dict[str, float]:
         return split_ratios(self.units, self.ratios)[1]
 
-    def scaled(self, f: float) -> tuple[dict[str, float], dict[str, float]]:
-        """(layer ratios, site ratios) times ``f`` (a round of iterative pruning)."""
-        return {k: v * f for k, v in self.layer_ratios().items()}, {
-            k: v * f for k, v in self.site_ratios().items()
-        }
-
 
 def split_ratios(units: list[Unit], ratios: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
     """Unit ratios as (Torch-Pruning layer -> ratio, block site -> ratio)."""
@@ -223,12 +217,3 @@ def allocate(
         {k: round(v, 3) for k, v in levels.items()},
     )
     return alloc
-
-
-def uniform_macs(
-    model: nn.Module, example: dict[str, torch.Tensor], spec: PruneSpec, plan: P.PrunePlan, ratio: float
-) -> int:
-    """MACs left by uniform pruning at ``ratio`` (the budget a ratio stands for)."""
-    trial = copy.deepcopy(model)
-    P.prune_step(trial, example, P.make_pruner(trial, example, spec, plan, ratio), plan, ratio)
-    return P.count_macs(trial, {k: v[:1] for k, v in example.items()})

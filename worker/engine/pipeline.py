@@ -146,11 +146,10 @@ def _sensitivity_allocation(
     """Per-layer ratios for the MACs that uniform pruning at the ratio leaves (or target_macs)."""
     p = spec.prune
     if p.target_macs is not None:
-        if p.target_macs >= macs_before:
-            raise PruningError(f"target_macs {p.target_macs:,} is not below the model's {macs_before:,} MACs")
+        prune.check_target_below(p.target_macs, macs_before)
         target = p.target_macs
     else:
-        target = allocate.uniform_macs(student, example, p, plan, float(p.ratio or 0.5))
+        target = prune.macs_at_ratio(student, example, p, plan, float(p.ratio or 0.5))
     batch = sampler.train_batch(allocate.batch_size_for(example))
     alloc = allocate.allocate(student, example, batch, p, plan, target, on_unit)
     if p.target_macs is not None and alloc.macs > target * 1.05:
@@ -287,7 +286,10 @@ def run_pipeline(
             if spec.prune.criterion == "taylor":
                 _taylor_grads(teacher, student, sampler, dspec.batch_size)
             f = (i + 1) / n_rounds
-            step_ratio = alloc.scaled(f)[1] if alloc else float(ratio or 0.5) * f
+            # Torch-Pruning scales the layer ratios per round itself; the block sites are ours
+            step_ratio = (
+                {k: v * f for k, v in alloc.site_ratios().items()} if alloc else float(ratio or 0.5) * f
+            )
             prune.prune_step(student, example, pruner, plan, step_ratio)
             student.zero_grad(set_to_none=True)
             if i == 0 or n_rounds > 1:

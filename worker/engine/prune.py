@@ -348,6 +348,20 @@ def count_macs(model: nn.Module, example: dict[str, torch.Tensor]) -> int:
     return int(fc.get_total_flops() // 2)
 
 
+def check_target_below(target_macs: int, base: int) -> None:
+    if target_macs >= base:
+        raise PruningError(f"target_macs {target_macs:,} is not below the model's {base:,} MACs")
+
+
+def macs_at_ratio(
+    model: nn.Module, example: dict[str, torch.Tensor], spec: PruneSpec, plan: PrunePlan, ratio: float
+) -> int:
+    """MACs (batch 1) of a copy pruned uniformly at ``ratio``: the budget a ratio stands for."""
+    trial = copy.deepcopy(model)
+    prune_step(trial, example, make_pruner(trial, example, spec, plan, ratio), plan, ratio)
+    return count_macs(trial, {k: v[:1] for k, v in example.items()})
+
+
 def ratio_for_target_macs(
     model: nn.Module,
     example: dict[str, torch.Tensor],
@@ -358,15 +372,10 @@ def ratio_for_target_macs(
 ) -> tuple[float, int]:
     """Bisect the channel ratio until the pruned copy's MACs are within ``tolerance`` of the
     target (MACs fall monotonically with the ratio). Returns (ratio, macs at that ratio)."""
-    one = {k: v[:1] for k, v in example.items()}
-    base = count_macs(model, one)
-    if target_macs >= base:
-        raise PruningError(f"target_macs {target_macs:,} is not below the model's {base:,} MACs")
+    check_target_below(target_macs, count_macs(model, {k: v[:1] for k, v in example.items()}))
 
     def macs_at(r: float) -> int:
-        trial = copy.deepcopy(model)
-        prune_step(trial, example, make_pruner(trial, example, spec, plan, r), plan, r)
-        return count_macs(trial, one)
+        return macs_at_ratio(model, example, spec, plan, r)
 
     lo, hi = 0.0, MAX_CHANNEL_RATIO
     best = (hi, macs_at(hi))

@@ -119,10 +119,49 @@ class DistillationSection(_Strict):
     quality_after_pruning: dict[str, float] = Field(
         default_factory=dict, description="Held-out metric name -> value right after pruning."
     )
+    quality_after_recovery: dict[str, float] = Field(
+        default_factory=dict,
+        description="Held-out metric name -> value after least-squares recovery (the distillation's start).",
+    )
     quality_after_distillation: dict[str, float] = Field(
         default_factory=dict, description="Held-out metric name -> value after distillation."
     )
     notes: list[str] = Field(default_factory=list)
+    how_measured: str = ""
+
+
+class RecoverySection(_Strict):
+    method: str
+    applied: bool = Field(description="False when the refit scored worse on held-out inputs and was undone.")
+    layers_refitted: int = Field(ge=0)
+    layers_skipped: dict[str, str] = Field(
+        default_factory=dict, description="Layer -> why it was not refitted."
+    )
+    samples: int = Field(ge=0, description="Calibration inputs the layers were refitted on.")
+    rows_per_layer: int = Field(ge=0, description="Sampled output positions per layer (least-squares rows).")
+    seconds: Figure
+    quality_before: dict[str, float] = Field(description="Held-out metric right after pruning.")
+    quality_after: dict[str, float] = Field(description="Held-out metric after the refit.")
+    output_mse_before: float | None = Field(
+        None, description="Held-out output MSE vs the teacher after pruning."
+    )
+    output_mse_after: float | None = Field(None, description="The same after the refit.")
+    layer_error_before: float = Field(
+        description="Sum over refitted layers of relative squared error vs the teacher."
+    )
+    layer_error_after: float
+    stopped_by: str | None = Field(None, description="'deadline' when its share of the budget ran out first.")
+    notes: list[str] = Field(default_factory=list)
+    how_measured: str = ""
+
+
+class TimingSection(_Strict):
+    budget_seconds: float = Field(description="distill.budget_seconds: the whole job's budget.")
+    total_seconds: float = Field(
+        description="Engine wall clock, import to report (process start not included)."
+    )
+    stages: dict[str, float] = Field(description="Stage -> wall-clock seconds, in order.")
+    shares: dict[str, str] = Field(default_factory=dict, description="What bounded each stage.")
     how_measured: str = ""
 
 
@@ -254,6 +293,9 @@ class Summary(_Strict):
     size_reduction: float | None = Field(None, description="File bytes teacher / student (x).")
     gzip_size_reduction: float | None = Field(None, description="gzip-9 bytes teacher / student (x).")
     gates_passed: bool
+    collapse: str | None = Field(
+        None, description="Set when the result is not usable: what went wrong and what would help."
+    )
 
 
 class Report(_Strict):
@@ -263,6 +305,7 @@ class Report(_Strict):
     input: InputInfo
     spec: dict[str, Any] = Field(description="The CompressionSpec as submitted (after defaults).")
     pruning: PruningSection | Absent
+    recovery: RecoverySection | Absent
     distillation: DistillationSection | Absent
     export: ExportSection | Absent
     size: SizeSection | Absent
@@ -271,6 +314,7 @@ class Report(_Strict):
     quality: QualitySection | Absent
     gates: GateResults
     summary: Summary
+    timing: TimingSection | None = None
     warnings: list[str] = Field(default_factory=list)
 
 

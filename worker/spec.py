@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-REPORT_SCHEMA_VERSION = "1.0"
+REPORT_SCHEMA_VERSION = "1.1"
 # Beyond this per-layer ratio Torch-Pruning skips groups that would keep too few channels, so
 # MACs stop falling (measured on the zoo); channel pruning is capped here.
 MAX_CHANNEL_RATIO = 0.8
@@ -49,6 +49,13 @@ class Augment(StrEnum):
 
     FLIP = "flip"  # random crops (when images are larger than the input) and horizontal flips
     MIX = "mix"  # flip, and half the images blended with another (lambda ~ U(0.5, 1))
+
+
+class RecoveryName(StrEnum):
+    """Closed-form repair of the pruned student before any gradient step."""
+
+    LEAST_SQUARES = "least_squares"  # refit each layer to the teacher's outputs (ridge least squares)
+    NONE = "none"  # start distillation from the pruned weights
 
 
 class LossName(StrEnum):
@@ -89,6 +96,7 @@ class Stage(StrEnum):
     QUEUED = "queued"
     IMPORT = "import"
     PRUNE = "prune"
+    RECOVER = "recover"
     DISTILL = "distill"
     EXPORT = "export"
     MEASURE = "measure"
@@ -197,7 +205,11 @@ class DistillSpec(_Strict):
         description="Maximum optimizer steps; by default the budget decides (a 300-step cap cost 3.3 dB on dcgan).",
     )
     budget_seconds: float = Field(
-        120.0, gt=0, le=7 * 24 * 3600, description="Wall-clock budget; whichever of steps/budget ends first."
+        120.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="Wall-clock budget of the whole job, import to report: pruning analysis, recovery and "
+        "measurement take bounded shares, distillation gets the rest (or stops at `steps`).",
     )
     losses: dict[LossName, Annotated[float, Field(ge=0.0)]] = Field(
         default_factory=lambda: {LossName.L1: 1.0},
@@ -217,6 +229,21 @@ class DistillSpec(_Strict):
         if self.losses and not any(w > 0 for w in self.losses.values()):
             raise ValueError("at least one loss needs a positive weight")
         return self
+
+
+class RecoverSpec(_Strict):
+    method: RecoveryName = Field(
+        RecoveryName.LEAST_SQUARES,
+        description="least_squares: after pruning, refit every conv/linear layer in forward order to the "
+        "teacher's outputs on calibration inputs (seconds; kept only if held-out quality improves); none: skip.",
+    )
+    samples: int | None = Field(
+        None,
+        ge=2,
+        le=4096,
+        description="Calibration inputs to refit on (default: 32 images, 256 latents, fewer when the "
+        "budget is short).",
+    )
 
 
 class ExportSpec(_Strict):
@@ -239,6 +266,7 @@ class CompressionSpec(_Strict):
         None, description="Input name -> spec. Required for TorchScript; read from the graph for ONNX."
     )
     prune: PruneSpec = Field(default_factory=PruneSpec)
+    recover: RecoverSpec = Field(default_factory=RecoverSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
     gates: Gates = Field(default_factory=Gates)
@@ -250,7 +278,8 @@ STAGE_WEIGHTS: tuple[tuple[Stage, float], ...] = (
     (Stage.QUEUED, 0.0),
     (Stage.IMPORT, 0.05),
     (Stage.PRUNE, 0.10),
-    (Stage.DISTILL, 0.65),
+    (Stage.RECOVER, 0.05),
+    (Stage.DISTILL, 0.60),
     (Stage.EXPORT, 0.05),
     (Stage.MEASURE, 0.10),
     (Stage.QUALITY, 0.03),

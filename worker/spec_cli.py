@@ -10,7 +10,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from worker.errors import BadSpecError
-from worker.spec import AllocationName, Augment, CompressionSpec, Criterion, LossName, PruneMethod, Quantize
+from worker.spec import (
+    AllocationName,
+    Augment,
+    CompressionSpec,
+    Criterion,
+    LossName,
+    PruneMethod,
+    Quantize,
+    RecoveryName,
+)
 
 
 def add_spec_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,8 +47,19 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--iterative-steps", type=int, metavar="N")
     g.add_argument("--ignore", action="append", metavar="PATTERN", help="layer-name pattern never pruned")
     g.add_argument("--blocks", type=int, metavar="N", help="block method: residual blocks to remove")
+    g.add_argument(
+        "--recover",
+        choices=[r.value for r in RecoveryName],
+        help="after pruning: least_squares (refit each layer to the teacher, default) or none",
+    )
+    g.add_argument("--recover-samples", type=int, metavar="N", help="calibration inputs for the refit")
     g.add_argument("--steps", type=int, metavar="N", help="distillation steps")
-    g.add_argument("--budget-seconds", type=float, metavar="S", help="distillation wall-clock budget")
+    g.add_argument(
+        "--budget-seconds",
+        type=float,
+        metavar="S",
+        help="wall-clock budget of the whole job (import to report); distillation gets what the other stages leave",
+    )
     g.add_argument("--loss", metavar="NAME=W,...", help=f"losses, names: {', '.join(LossName)}")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
@@ -126,6 +146,7 @@ def spec_from_args(args: argparse.Namespace) -> CompressionSpec:
             "ignore": args.ignore,
             "blocks": args.blocks,
         },
+        "recover": {"method": args.recover, "samples": args.recover_samples},
         "distill": {
             "steps": args.steps,
             "budget_seconds": args.budget_seconds,

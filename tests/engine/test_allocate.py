@@ -193,3 +193,40 @@ def test_distortion_batch_shrinks_with_image_size() -> None:
     assert A.batch_size_for({"x": torch.zeros(2, 3, 64, 64)}) == A.BATCH
     assert A.batch_size_for({"x": torch.zeros(2, 3, 128, 128)}) == 4
     assert A.batch_size_for({"x": torch.zeros(2, 3, 512, 512)}) == 2
+
+
+def test_allocation_gives_up_when_its_trials_cannot_meet_the_deadline(tiny_onnx: dict[str, Path]) -> None:
+    import time
+
+    model, ex, batch = _load(tiny_onnx["resnet"])
+    spec = PruneSpec(ratio=0.5)
+    plan = plan_channel_pruning(model, ex, spec)
+    budget = macs_at_ratio(model, ex, spec, plan, 0.5)
+    t0 = time.perf_counter()
+    with pytest.raises(A.AllocationTimeout, match="sensitivity trials"):
+        A.allocate(model, ex, batch, spec, plan, budget, deadline=time.perf_counter() + 1e-3)
+    assert time.perf_counter() - t0 < 5.0  # it stops at the first group, not after all of them
+
+
+def test_probe_matches_a_fresh_graph_per_layer(tiny_onnx: dict[str, Path]) -> None:
+    """The probe copies one dependency graph per trial: the verdicts are those of building a
+    fresh graph for every layer (the slow way it replaced)."""
+    import torch_pruning as tp
+
+    from worker.engine.prune import CUSTOM_PRUNERS, _out_pruning_fn, probe_exclusions
+
+    model, ex, _ = _load(tiny_onnx["style"])
+    fast = probe_exclusions(model, ex, set())
+    for name, layer in prunable_layers(model).items():
+        trial = copy.deepcopy(model)
+        target = trial.get_submodule(name)
+        try:
+            dg = tp.DependencyGraph().build_dependency(
+                trial, example_inputs=tuple(ex.values()), customized_pruners=CUSTOM_PRUNERS
+            )
+            group = dg.get_pruning_group(target, _out_pruning_fn(target), idxs=[0])
+            group.prune()
+            breaks = trial(*ex.values()).shape != model(*ex.values()).shape
+        except Exception:
+            breaks = True
+        assert (name in fast) == (breaks or layer.weight.shape[0] < 2), name

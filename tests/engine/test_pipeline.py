@@ -60,3 +60,69 @@ def test_report_says_how_training_images_were_varied(
     r = run_pipeline(tiny_onnx["resnet"], spec, tmp_path / "out", calibration={"": calib})
     (note,) = [n for n in distillation_section(r, "ssim").notes if n.startswith("training images")]
     assert ("blended" in note) == (augment == "mix")
+
+
+@pytest.mark.parametrize("family", ["resnet", "sr", "dcgan"])
+def test_recovery_repairs_pruning_before_any_gradient_step(
+    family: str, tiny_onnx: dict[str, Path], tmp_path: Path, calib_file: Path
+) -> None:
+    spec = CompressionSpec.model_validate(
+        {"prune": {"ratio": 0.5, "allocation": "uniform"}, "distill": {"steps": 0, "budget_seconds": 60}}
+    )
+    calibration = {"": calib_file} if family != "dcgan" else None
+    r = run_pipeline(tiny_onnx[family], spec, tmp_path / "out", calibration=calibration)
+    assert r.recovery is not None and r.recovery.kept
+    res = r.recovery.result
+    assert res.refitted and res.error_after < res.error_before
+    assert r.recovery.score_after > r.recovery.score_before == pytest.approx(r.score_after_prune)
+    assert r.recovery.mse_after < r.recovery.mse_before
+    assert r.score_after_distill == pytest.approx(r.recovery.score_after, abs=1e-6)  # no steps ran
+    assert "recover" in r.seconds
+
+
+def test_recovery_none_starts_distillation_from_the_pruned_weights(
+    tiny_onnx: dict[str, Path], tmp_path: Path, calib_file: Path
+) -> None:
+    spec = CompressionSpec.model_validate(
+        {
+            "prune": {"ratio": 0.5},
+            "recover": {"method": "none"},
+            "distill": {"steps": 0, "budget_seconds": 60},
+        }
+    )
+    r = run_pipeline(tiny_onnx["resnet"], spec, tmp_path / "out", calibration={"": calib_file})
+    assert r.recovery is None and "recover" not in r.seconds
+    assert r.score_after_distill == pytest.approx(r.score_after_prune, abs=1e-6)
+
+
+def test_the_budget_bounds_the_whole_job(
+    tiny_onnx: dict[str, Path], tmp_path: Path, calib_file: Path
+) -> None:
+    import time
+
+    from worker.engine.pipeline import compress
+
+    budget = 20.0  # fixed costs (imports, conversion, latency rounds) take about 10 s of it here
+    spec = CompressionSpec.model_validate({"prune": {"ratio": 0.5}, "distill": {"budget_seconds": budget}})
+    t0 = time.perf_counter()
+    report = compress(tiny_onnx["resnet"], spec, tmp_path / "out", calibration={"": calib_file})
+    elapsed = time.perf_counter() - t0
+    assert elapsed <= 1.15 * budget + 5.0  # the bound is + 20 s
+    timing = report["timing"]
+    assert list(timing["stages"]) == [
+        "import", "prune", "recover", "distill", "export", "measure", "quality", "report"
+    ]  # fmt: skip
+    assert timing["budget_seconds"] == budget and timing["total_seconds"] <= elapsed
+    assert report["distillation"]["stopped_by"] == "budget_seconds"  # distillation took what was left
+    assert report["distillation"]["steps"] > 0
+
+
+def test_a_short_budget_falls_back_to_uniform_allocation(
+    tiny_onnx: dict[str, Path], tmp_path: Path, calib_file: Path
+) -> None:
+    # 3 s cannot hold the sensitivity trials next to the finish reserve: uniform, said in the notes
+    spec = CompressionSpec.model_validate({"prune": {"ratio": 0.5}, "distill": {"budget_seconds": 3}})
+    r = run_pipeline(tiny_onnx["resnet"], spec, tmp_path / "out", calibration={"": calib_file})
+    assert r.prune.allocation is None
+    assert any(n.startswith("sensitivity allocation skipped") for n in r.prune.notes)
+    assert r.prune.macs_after < r.prune.macs_before

@@ -41,9 +41,11 @@ from worker.report_schema import (
     KeptLayer,
     LayerRow,
     PruningSection,
+    RecoverySection,
     Report,
     Summary,
     TensorInfo,
+    TimingSection,
     evaluate_gates,
     report_json_schema,
 )
@@ -143,6 +145,19 @@ def build_report(tmp_path: Path, gates: Gates | None = None) -> tuple[Report, Re
             ],
             kept_whole=[KeptLayer(name="conv_out", reason="output layer")],
         ),
+        recovery=RecoverySection(
+            method="least_squares",
+            applied=True,
+            layers_refitted=5,
+            layers_skipped={"mod.conv": "the recovery time share ran out"},
+            samples=32,
+            rows_per_layer=8192,
+            seconds=Figure(value=1.5, unit="s"),
+            quality_before={"ssim": 0.41},
+            quality_after={"ssim": 0.77},
+            layer_error_before=2.5,
+            layer_error_after=0.4,
+        ),
         distillation=DistillationSection(
             steps=20,
             steps_asked=20,
@@ -155,6 +170,7 @@ def build_report(tmp_path: Path, gates: Gates | None = None) -> tuple[Report, Re
             ],
             best_step=20,
             quality_after_pruning={"ssim": 0.41},
+            quality_after_recovery={"ssim": 0.77},
             quality_after_distillation={"ssim": 0.9},
         ),
         export=ExportSection(
@@ -168,6 +184,7 @@ def build_report(tmp_path: Path, gates: Gates | None = None) -> tuple[Report, Re
         quality=qual,
         gates=gate_results,
         summary=summary,
+        timing=TimingSection(budget_seconds=60, total_seconds=58.5, stages={"import": 2.0, "distill": 40.0}),
         warnings=interpretation_warnings(spec.model_dump(mode="json"), summary),
     )
     images = ReportImages(
@@ -318,6 +335,10 @@ def test_html_is_self_contained_and_shows_the_numbers(tmp_path: Path) -> None:
         assert f'data-testid="{tid}"' in page, tid
     assert "1.0 / 1.5" not in page  # sanity: no Python reprs of tuples leak
     assert "min_psnr" in page and "output layer" in page
+    assert testid("timing-total") == "58.5 s"
+    recovery = page[page.index('data-testid="recovery-quality"') :]
+    assert "0.4100" in recovery[:400] and "0.7700" in recovery[:400]
+    assert "the recovery time share ran out" in page
 
     # only data: URIs, no external references of any kind
     srcs = re.findall(r'\bsrc="([^"]*)"', page)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from worker.engine import prune as P
+from worker.engine.budget import PRUNE_SHARE
 from worker.spec import MAX_CHANNEL_RATIO, PruneSpec
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,24 @@ log = logging.getLogger(__name__)
 BATCH = 16  # inputs the output distortion is measured on (at 64 x 64 or less; fewer when larger)
 BATCH_PIXELS = 16 * 64 * 64
 LEVELS = tuple(r for r in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75) if r <= MAX_CHANNEL_RATIO)
+
+
+class AllocationTimeout(Exception):
+    """The trials would not finish within their share of the job's budget."""
+
+
+def _check_deadline(deadline: float | None, t0: float, done: int, total: int, what: str) -> None:
+    """Raise ``AllocationTimeout`` when the deadline has passed, or when the pace so far says the
+    remaining ``total - done`` items will not make it."""
+    if deadline is None:
+        return
+    now = time.perf_counter()
+    pace = (now - t0) / done if done else 0.0
+    if now + pace * (total - done) > deadline:
+        raise AllocationTimeout(
+            f"{what}: {done} of {total} done in {now - t0:.1f} s, about {pace * total:.0f} s needed, "
+            f"more than the {PRUNE_SHARE:.0%} of the budget this stage may take"
+        )
 
 
 @dataclass
@@ -128,9 +147,12 @@ def measure_units(
     plan: P.PrunePlan,
     units: list[Unit],
     on_unit: Callable[[int, int], None] | None = None,
+    deadline: float | None = None,
 ) -> None:
     """Fill each unit's distortion and MACs saved at every level, pruning it alone in a copy.
-    ``on_unit(i, n)`` is called before unit ``i`` of ``n`` (progress; it may raise to cancel)."""
+    ``on_unit(i, n)`` is called before unit ``i`` of ``n`` (progress; it may raise to cancel).
+    Raises ``AllocationTimeout`` as soon as the trials cannot end by ``deadline``."""
+    t0 = time.perf_counter()
     one = {k: v[:1] for k, v in example.items()}
     base = P.count_macs(model, one)
     with torch.no_grad():
@@ -139,6 +161,7 @@ def measure_units(
     for i, u in enumerate(units):
         if on_unit is not None:
             on_unit(i, len(units))
+        _check_deadline(deadline, t0, i, len(units), "sensitivity trials")
         for level in LEVELS:
             try:
                 trial = pruned_copy(model, example, spec, plan, *split_ratios([u], {u.name: level}))
@@ -177,6 +200,7 @@ def allocate(
     plan: P.PrunePlan,
     target_macs: int,
     on_unit: Callable[[int, int], None] | None = None,
+    deadline: float | None = None,
 ) -> Allocation:
     """Per-unit ratios whose pruned model has at most about ``target_macs`` MACs at little summed
     distortion: greedy, the least distortion per MAC saved first, each step's MACs counted on a
@@ -185,7 +209,7 @@ def allocate(
     one = {k: v[:1] for k, v in example.items()}
     base = P.count_macs(model, one)
     units = find_units(model, example, spec, plan)
-    measure_units(model, example, batch, spec, plan, units, on_unit)
+    measure_units(model, example, batch, spec, plan, units, on_unit, deadline)
     units = [u for u in units if u.distortion]
 
     def macs_of(ratios: dict[str, float]) -> int:
@@ -194,6 +218,8 @@ def allocate(
     levels = {u.name: 0.0 for u in units}
     m, limit = base, target_macs * 1.01
     while m > limit:
+        if deadline is not None and time.perf_counter() > deadline:
+            raise AllocationTimeout("the greedy search ran past this stage's share of the budget")
         before = dict(levels)
         if not _greedy_step(units, levels):
             break

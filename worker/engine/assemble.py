@@ -10,6 +10,7 @@ import hashlib
 import logging
 import math
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,15 +33,17 @@ from worker.report_schema import (
     LayerRow,
     MetricSummary,
     PruningSection,
+    RecoverySection,
     Report,
     TensorInfo,
+    TimingSection,
 )
 from worker.spec import Distribution, Progress, PruneMethod, Stage
 
 log = logging.getLogger(__name__)
 
-LATENCY_BUDGET_SECONDS = 20.0
 LATENCY_RUNS = 100
+COLLAPSE_SSIM = 0.6  # below this the student's images are not the teacher's any more
 
 
 def _sha256(path: Path) -> str:
@@ -192,6 +195,11 @@ def distillation_section(r: PipelineResult, metric: str) -> DistillationSection:
         heldout_metric=metric,
         stopped_by=last.stopped_by if last else None,
         quality_after_pruning={metric: r.score_after_prune},
+        quality_after_recovery=(
+            {metric: r.recovery.score_after if r.recovery.kept else r.recovery.score_before}
+            if r.recovery is not None
+            else {}
+        ),
         quality_after_distillation={metric: r.score_after_distill},
         notes=notes,
         how_measured=(
@@ -199,6 +207,84 @@ def distillation_section(r: PipelineResult, metric: str) -> DistillationSection:
             f"every few steps scored on {len(next(iter(r.heldout.values())))} held-out inputs never trained on; "
             "the best-scoring weights are kept."
         ),
+    )
+
+
+def recovery_section(r: PipelineResult, metric: str) -> RecoverySection | Absent:
+    o = r.recovery
+    if o is None:
+        why = (
+            "recover.method is 'none'"
+            if r.spec.recover.method == "none"
+            else "unstructured pruning keeps every weight's position; a refit would fill the zeros"
+        )
+        return Absent(reason=why)
+    res = o.result
+    notes = []
+    if not o.kept:
+        notes.append(
+            f"the refit lowered held-out {metric} from {o.score_before:.4f} to {o.score_after:.4f}, so it was "
+            "undone; distillation started from the pruned weights"
+        )
+    if res.stopped_by == "deadline":
+        notes.append("its share of the budget ran out: layers after that point kept their pruned weights")
+    return RecoverySection(
+        method=r.spec.recover.method.value,
+        applied=o.kept,
+        layers_refitted=len(res.refitted),
+        layers_skipped=res.skipped,
+        samples=res.samples,
+        rows_per_layer=res.rows,
+        seconds=Figure(
+            value=res.seconds, unit="s", how="wall clock: one teacher pass, one student pass, the solves"
+        ),
+        quality_before={metric: o.score_before},
+        quality_after={metric: o.score_after},
+        output_mse_before=o.mse_before,
+        output_mse_after=o.mse_after,
+        layer_error_before=res.error_before,
+        layer_error_after=res.error_after,
+        stopped_by=res.stopped_by,
+        notes=notes,
+        how_measured=(
+            "Each Conv/ConvTranspose/Linear layer, in the order the student runs them, refitted by ridge least "
+            "squares (lambda = 1e-3 x mean diagonal of X^T X) from the student's own inputs to the teacher's "
+            f"outputs of that layer on its kept channels, at up to {res.rows} sampled output positions of "
+            f"{res.samples} calibration inputs; a layer changes only if its error on those rows falls. "
+            f"Held-out {metric} measured on the held-out inputs, which are never fitted on."
+        ),
+    )
+
+
+def timing_section(r: PipelineResult, seconds: dict[str, float]) -> TimingSection:
+    b = r.budget
+    return TimingSection(
+        budget_seconds=b.total,
+        total_seconds=b.elapsed(),
+        stages={k: round(v, 2) for k, v in seconds.items()},
+        shares={
+            "prune": "probing + sensitivity trials up to 20% of the budget (else uniform allocation)",
+            "recover": "up to 30% of the budget",
+            "distill": "what is left, less a reserve for export, measurement and the report",
+            "measure": f"latency rounds up to {b.latency_seconds():.0f} s (8% of the budget, 2-20 s)",
+        },
+        how_measured="time.perf_counter() in the engine process, from the start of the job to the report",
+    )
+
+
+def collapse_message(summary: Any, r: PipelineResult) -> str | None:
+    """A plain statement when the student is not a usable copy of the teacher, with what helps."""
+    if summary.ssim is None or summary.ssim >= COLLAPSE_SSIM:
+        return None
+    rounds = r.distill_rounds
+    never = bool(rounds) and rounds[-1].steps > 0 and rounds[-1].best_step == rounds[-1].curve[0]["step"]
+    steps = sum(x.steps for x in rounds)
+    return (
+        f"Quality collapsed: SSIM {summary.ssim:.2f} against the original (1 = identical) after {steps} "
+        "distillation steps"
+        + ("; distillation never improved on its start" if never else "")
+        + ". What would help: a lower pruning ratio, a longer budget_seconds, a GPU worker, or more "
+        "calibration images."
     )
 
 
@@ -284,13 +370,15 @@ def write_all(r: PipelineResult, out_dir: Path, emit: Callable[[Progress], None]
     one = {k: v[:1] for k, v in feeds_all.items()}
     shapes = {k: list(v.shape) for k, v in one.items()}
 
+    seconds = dict(r.seconds)
+    t0 = time.perf_counter()
     emit(Progress(stage=Stage.MEASURE, message="size, MACs, latency, memory"))
     tf = measure.measure_model(r.teacher_onnx, shapes)
     sf = measure.measure_model(r.student_onnx, shapes)
     size = rep.size_section(tf, sf)
     try:
         lat = measure.measure_latency(
-            r.teacher_onnx, r.student_onnx, one, runs=LATENCY_RUNS, budget_seconds=LATENCY_BUDGET_SECONDS
+            r.teacher_onnx, r.student_onnx, one, runs=LATENCY_RUNS, budget_seconds=r.budget.latency_seconds()
         )
         latency: Any = rep.latency_section(lat)
     except Exception as e:  # a measurement failure must not lose the compressed model
@@ -304,6 +392,8 @@ def write_all(r: PipelineResult, out_dir: Path, emit: Callable[[Progress], None]
         log.warning("measure.memory_failed error=%s", e)
         memory = Absent(reason=f"memory could not be measured: {str(e)[:300]}")
 
+    seconds["measure"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     emit(Progress(stage=Stage.QUALITY, message="student vs teacher on held-out inputs"))
     t_out = ort_run(onnx.load(str(r.teacher_onnx)), feeds_all)[0]
     s_out = ort_run(onnx.load(str(r.student_onnx)), feeds_all)[0]
@@ -314,8 +404,13 @@ def write_all(r: PipelineResult, out_dir: Path, emit: Callable[[Progress], None]
         _add_fid(qsec, r.fid_weights, t_out, s_out, (lo, hi))
     metric = "ssim" if q.is_image and "ssim" in q.metrics else "neg_l1"
 
+    seconds["quality"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     emit(Progress(stage=Stage.REPORT, message="report.json, report.html, samples.png"))
     summary, gates = rep.summarize(size, latency, qsec, r.spec.gates)
+    summary.collapse = collapse_message(summary, r)
+    if summary.collapse:
+        warnings.insert(0, summary.collapse)
     spec_dict = r.spec.model_dump(mode="json")
     warnings += rep.interpretation_warnings(spec_dict, summary)
     if r.score_after_distill < r.score_after_prune:
@@ -327,6 +422,7 @@ def write_all(r: PipelineResult, out_dir: Path, emit: Callable[[Progress], None]
         input=input_info(r),
         spec=spec_dict,
         pruning=pruning_section(r),
+        recovery=recovery_section(r, metric),
         distillation=distillation_section(r, metric),
         export=export_section(r),
         size=size,
@@ -345,6 +441,8 @@ def write_all(r: PipelineResult, out_dir: Path, emit: Callable[[Progress], None]
         worst_indices=list(q.worst_indices),
         value_range=(lo, hi),
     )
+    seconds["report"] = time.perf_counter() - t0  # the report files are written next, after this table
+    report.timing = timing_section(r, seconds)
     rep.write_report(out_dir, report, images)
     shutil.rmtree(r.teacher_onnx.parent, ignore_errors=True)
     emit(Progress(stage=Stage.DONE, step=1, total=1, message="done"))

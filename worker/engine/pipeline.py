@@ -19,14 +19,23 @@ import onnx
 import torch
 from torch import nn
 
-from worker.engine import allocate, prune
+from worker.engine import allocate, prune, recover
 from worker.engine import blocks as block_prune
+from worker.engine.budget import PRUNE_SHARE, RECOVER_SHARE, Budget
 from worker.engine.distill import DistillResult, distill, heldout_score
 from worker.engine.export import ExportResult, cleanup, export_student
 from worker.engine.importers import ImportedModel, dynamic_spatial_inputs, import_model
 from worker.engine.sampling import InputSampler, load_calibration, mix_share
 from worker.errors import BadCalibrationError, CanceledError, PruningError
-from worker.spec import AllocationName, CompressionSpec, Distribution, Progress, PruneMethod, Stage
+from worker.spec import (
+    AllocationName,
+    CompressionSpec,
+    Distribution,
+    Progress,
+    PruneMethod,
+    RecoveryName,
+    Stage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +57,18 @@ class PruneOutcome:
     sparsity: float | None = None
     target_macs: int | None = None
     allocation: allocate.Allocation | None = None
+    kept_channels: dict[str, list[int]] = field(default_factory=dict)  # layer -> teacher channel ids
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RecoveryOutcome:
+    result: recover.RecoveryResult
+    score_before: float
+    score_after: float
+    kept: bool  # False: the refit scored worse on held-out inputs and was undone
+    mse_before: float = math.nan  # held-out output MSE vs the teacher
+    mse_after: float = math.nan
 
 
 @dataclass
@@ -63,11 +83,13 @@ class PipelineResult:
     distill_rounds: list[DistillResult]
     score_after_prune: float
     score_after_distill: float
+    recovery: RecoveryOutcome | None
     export: ExportResult
     teacher_onnx: Path
     student_onnx: Path
     heldout: dict[str, torch.Tensor]
     seconds: dict[str, float]
+    budget: Budget
     warnings: list[str] = field(default_factory=list)
     fid_weights: Path | None = None
 
@@ -142,6 +164,7 @@ def _sensitivity_allocation(
     plan: prune.PrunePlan,
     macs_before: int,
     on_unit: Callable[[int, int], None] | None = None,
+    deadline: float | None = None,
 ) -> allocate.Allocation:
     """Per-layer ratios for the MACs that uniform pruning at the ratio leaves (or target_macs)."""
     p = spec.prune
@@ -151,13 +174,54 @@ def _sensitivity_allocation(
     else:
         target = prune.macs_at_ratio(student, example, p, plan, float(p.ratio or 0.5))
     batch = sampler.train_batch(allocate.batch_size_for(example))
-    alloc = allocate.allocate(student, example, batch, p, plan, target, on_unit)
+    alloc = allocate.allocate(student, example, batch, p, plan, target, on_unit, deadline=deadline)
     if p.target_macs is not None and alloc.macs > target * 1.05:
         raise PruningError(
             f"target_macs {target:,} is out of reach: with every prunable layer at its largest allowed "
             f"ratio the model still has {alloc.macs:,} MACs (layers left whole: {len(plan.kept)})"
         )
     return alloc
+
+
+def recovery_samples(spec: CompressionSpec, imported: ImportedModel, budget: Budget) -> int:
+    """Calibration inputs for recovery: the spec's, else 32 images / 256 latents, fewer when two
+    forward passes of them would not fit the recovery share of the budget."""
+    if spec.recover.samples is not None:
+        return spec.recover.samples
+    images = any(s.distribution == Distribution.CALIBRATION for s in imported.inputs.values())
+    n = 32 if images else 256
+    per_sample = budget.per_sample_seconds()
+    if per_sample > 0:  # two forward passes and the gathering: about 3 forwards per input
+        n = min(n, int(RECOVER_SHARE * budget.total / (3 * per_sample)))
+    return max(8, n)
+
+
+def _recover(
+    teacher: nn.Module,
+    student: nn.Module,
+    kept: dict[str, list[int]],
+    batch: dict[str, torch.Tensor],
+    heldout: dict[str, torch.Tensor],
+    teacher_heldout: torch.Tensor,
+    data_range: float,
+    deadline: float,
+    seed: int,
+) -> RecoveryOutcome:
+    """Refit the student; undo it if the held-out score got worse."""
+
+    def measure() -> tuple[float, float]:
+        score = heldout_score(student, heldout, teacher_heldout, data_range)
+        return score, float((_forward(student, heldout) - teacher_heldout).pow(2).mean())
+
+    score_before, mse_before = measure()
+    state = copy.deepcopy(student.state_dict())
+    res = recover.recover(teacher, student, kept, batch, deadline=deadline, seed=seed)
+    after, mse_after = measure()
+    keep = after >= score_before
+    if not keep:
+        student.load_state_dict(state)
+        log.info("recover.undone before=%.4f after=%.4f", score_before, after)
+    return RecoveryOutcome(res, score_before, after, keep, mse_before, mse_after)
 
 
 def compress(
@@ -172,13 +236,21 @@ def compress(
 ) -> dict[str, Any]:
     """Compress ``model_path`` as ``spec`` asks; write model.onnx, report.json, report.html and
     samples.png to ``out_dir``; return the report as a dict (its ``summary`` is flat numbers).
-    ``fid_weights``: a torchvision Inception-v3 state dict; adds FID to the quality section."""
+    ``fid_weights``: a torchvision Inception-v3 state dict; adds FID to the quality section.
+    ``spec.distill.budget_seconds`` bounds the whole call (see ``budget.py``)."""
+    budget = Budget(spec.distill.budget_seconds)
     if fid_weights is not None:
         from worker.engine.fid import load_inception
 
         load_inception(fid_weights)  # a bad file fails now, not after the whole compression
     result = run_pipeline(
-        model_path, spec, out_dir, calibration=calibration, progress=progress, should_stop=should_stop
+        model_path,
+        spec,
+        out_dir,
+        calibration=calibration,
+        progress=progress,
+        should_stop=should_stop,
+        budget=budget,
     )
     result.fid_weights = fid_weights
     from worker.engine.assemble import write_all
@@ -194,7 +266,9 @@ def run_pipeline(
     calibration: dict[str, Path] | None = None,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    budget: Budget | None = None,
 ) -> PipelineResult:
+    budget = budget or Budget(spec.distill.budget_seconds)
     emit = progress or _noop
     stop = should_stop or (lambda: False)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +287,10 @@ def run_pipeline(
     teacher = copy.deepcopy(imported.module).eval()
     student = imported.module
     heldout = sampler.heldout(HELDOUT_N)
+    tf = time.perf_counter()
     teacher_heldout = _forward(teacher, heldout)
+    budget.heldout_forward_seconds = time.perf_counter() - tf
+    budget.heldout_size = len(teacher_heldout)
     data_range = output_range(teacher_heldout)
     example = sampler.train_batch(2)
     seconds["import"] = time.perf_counter() - t0
@@ -224,7 +301,8 @@ def run_pipeline(
     dspec = spec.distill
     n_rounds = spec.prune.iterative_steps if spec.prune.method == PruneMethod.CHANNEL else 1
     round_steps = dspec.steps // n_rounds
-    round_budget = dspec.budget_seconds / n_rounds
+    # rounds between pruning steps share half of what distillation would get now
+    round_budget = 0.5 * budget.distill_seconds() / n_rounds
     rounds: list[DistillResult] = []
     one = {k: v[:1] for k, v in example.items()}
     macs_before = prune.count_macs(student, one)
@@ -251,84 +329,120 @@ def run_pipeline(
         rounds.append(r)
 
     score_after_prune = math.nan
-    if spec.prune.method == PruneMethod.CHANNEL:
-        plan = prune.plan_channel_pruning(student, example, spec.prune)
-        outcome.plan = plan
-        ratio = spec.prune.ratio
-        alloc = None
-        outcome.target_macs = spec.prune.target_macs
-        if spec.prune.allocation == AllocationName.SENSITIVITY:
+    with recover.track_kept_channels(student) as kept:  # teacher channel ids, for recovery
+        if spec.prune.method == PruneMethod.CHANNEL:
+            prune_deadline = budget.share_deadline(PRUNE_SHARE)
+            plan = prune.plan_channel_pruning(student, example, spec.prune)
+            outcome.plan = plan
+            ratio = spec.prune.ratio
+            alloc = None
+            outcome.target_macs = spec.prune.target_macs
+            if spec.prune.allocation == AllocationName.SENSITIVITY:
 
-            def on_unit(i: int, n: int) -> None:
-                check()
-                emit(
-                    Progress(
-                        stage=Stage.PRUNE, step=i, total=n, message=f"sensitivity of layer group {i + 1}/{n}"
+                def on_unit(i: int, n: int) -> None:
+                    check()
+                    emit(
+                        Progress(
+                            stage=Stage.PRUNE,
+                            step=i,
+                            total=n,
+                            message=f"sensitivity of layer group {i + 1}/{n}",
+                        )
                     )
-                )
 
-            alloc = _sensitivity_allocation(student, example, sampler, spec, plan, macs_before, on_unit)
-            outcome.allocation, ratio = alloc, None
-        elif spec.prune.target_macs is not None:
-            ratio, _ = prune.ratio_for_target_macs(student, example, spec.prune, plan, spec.prune.target_macs)
-        outcome.ratio_used = ratio
-        pruner = prune.make_pruner(
-            student,
-            example,
-            spec.prune,
-            plan,
-            0.0 if alloc else float(ratio or 0.5),
-            n_rounds,
-            layer_ratios=alloc.layer_ratios() if alloc else None,
-        )
-        for i in range(n_rounds):
-            check()
-            if spec.prune.criterion == "taylor":
-                _taylor_grads(teacher, student, sampler, dspec.batch_size)
-            f = (i + 1) / n_rounds
-            # Torch-Pruning scales the layer ratios per round itself; the block sites are ours
-            step_ratio = (
-                {k: v * f for k, v in alloc.site_ratios().items()} if alloc else float(ratio or 0.5) * f
+                try:
+                    alloc = _sensitivity_allocation(
+                        student, example, sampler, spec, plan, macs_before, on_unit, prune_deadline
+                    )
+                    outcome.allocation, ratio = alloc, None
+                except allocate.AllocationTimeout as e:
+                    outcome.notes.append(f"sensitivity allocation skipped, uniform ratio used instead: {e}")
+                    if spec.prune.target_macs is not None:
+                        ratio, _ = prune.ratio_for_target_macs(
+                            student, example, spec.prune, plan, spec.prune.target_macs
+                        )
+            elif spec.prune.target_macs is not None:
+                ratio, _ = prune.ratio_for_target_macs(
+                    student, example, spec.prune, plan, spec.prune.target_macs
+                )
+            outcome.ratio_used = ratio
+            pruner = prune.make_pruner(
+                student,
+                example,
+                spec.prune,
+                plan,
+                0.0 if alloc else float(ratio or 0.5),
+                n_rounds,
+                layer_ratios=alloc.layer_ratios() if alloc else None,
             )
-            prune.prune_step(student, example, pruner, plan, step_ratio)
-            student.zero_grad(set_to_none=True)
-            if i == 0 or n_rounds > 1:
-                emit(
-                    Progress(
-                        stage=Stage.PRUNE, step=i + 1, total=n_rounds, message=f"round {i + 1}/{n_rounds}"
-                    )
+            for i in range(n_rounds):
+                check()
+                if spec.prune.criterion == "taylor":
+                    _taylor_grads(teacher, student, sampler, dspec.batch_size)
+                f = (i + 1) / n_rounds
+                # Torch-Pruning scales the layer ratios per round itself; the block sites are ours
+                step_ratio = (
+                    {k: v * f for k, v in alloc.site_ratios().items()} if alloc else float(ratio or 0.5) * f
                 )
-            if i < n_rounds - 1:
-                run_round(round_steps, round_budget)
-            else:
-                score_after_prune = heldout_score(student, heldout, teacher_heldout, data_range)
-        plan.record_after(student)
-    elif spec.prune.method == PruneMethod.UNSTRUCTURED:
-        masks = prune.magnitude_masks(student, float(spec.prune.ratio or 0.5))
-        prune.apply_masks(student, masks)
-        outcome.sparsity = prune.sparsity_of(student)
-        outcome.notes.append(
-            "Unstructured sparsity zeroes weights but keeps every tensor's shape: the ONNX file "
-            "compresses better (see gzip size), it does not run faster in ONNX Runtime."
-        )
-    else:
-        found = block_prune.find_blocks(student)
-        block_prune.score_blocks(student, found, example)
-        chosen = block_prune.choose_blocks(found, spec.prune.ratio, spec.prune.blocks)
-        block_prune.remove_blocks(student, [b.add for b in chosen])
-        outcome.candidate_blocks, outcome.removed_blocks = found, chosen
+                prune.prune_step(student, example, pruner, plan, step_ratio)
+                student.zero_grad(set_to_none=True)
+                if i == 0 or n_rounds > 1:
+                    emit(
+                        Progress(
+                            stage=Stage.PRUNE, step=i + 1, total=n_rounds, message=f"round {i + 1}/{n_rounds}"
+                        )
+                    )
+                if i < n_rounds - 1:
+                    run_round(round_steps, round_budget)
+                else:
+                    score_after_prune = heldout_score(student, heldout, teacher_heldout, data_range)
+            plan.record_after(student)
+        elif spec.prune.method == PruneMethod.UNSTRUCTURED:
+            masks = prune.magnitude_masks(student, float(spec.prune.ratio or 0.5))
+            prune.apply_masks(student, masks)
+            outcome.sparsity = prune.sparsity_of(student)
+            outcome.notes.append(
+                "Unstructured sparsity zeroes weights but keeps every tensor's shape: the ONNX file "
+                "compresses better (see gzip size), it does not run faster in ONNX Runtime."
+            )
+        else:
+            found = block_prune.find_blocks(student)
+            block_prune.score_blocks(student, found, example)
+            chosen = block_prune.choose_blocks(found, spec.prune.ratio, spec.prune.blocks)
+            block_prune.remove_blocks(student, [b.add for b in chosen])
+            outcome.candidate_blocks, outcome.removed_blocks = found, chosen
+    outcome.kept_channels = kept
     if math.isnan(score_after_prune):
         score_after_prune = heldout_score(student, heldout, teacher_heldout, data_range)
     outcome.macs_after = prune.count_macs(student, one)
     seconds["prune"] = time.perf_counter() - t1 - sum(r.seconds for r in rounds)
     check()
 
+    recovery: RecoveryOutcome | None = None
+    if spec.recover.method == RecoveryName.LEAST_SQUARES and spec.prune.method != PruneMethod.UNSTRUCTURED:
+        emit(Progress(stage=Stage.RECOVER, message="least-squares refit of each layer"))
+        tr = time.perf_counter()
+        batch = sampler.train_batch(recovery_samples(spec, imported, budget))
+        recovery = _recover(
+            teacher,
+            student,
+            outcome.kept_channels,
+            batch,
+            heldout,
+            teacher_heldout,
+            data_range,
+            budget.share_deadline(RECOVER_SHARE),
+            spec.seed,
+        )
+        del batch
+        seconds["recover"] = time.perf_counter() - tr
+        check()
+
     t2 = time.perf_counter()
     used_steps = sum(r.steps for r in rounds)
-    used_seconds = sum(r.seconds for r in rounds)
-    run_round(max(0, dspec.steps - used_steps), max(0.0, dspec.budget_seconds - used_seconds))
+    run_round(max(0, dspec.steps - used_steps), budget.distill_seconds())
     score_after_distill = heldout_score(student, heldout, teacher_heldout, data_range)
-    seconds["distill"] = time.perf_counter() - t2 + used_seconds
+    seconds["distill"] = time.perf_counter() - t2 + sum(r.seconds for r in rounds[:-1])
     check()
 
     emit(Progress(stage=Stage.EXPORT, message=f"ONNX opset {spec.export.opset}"))
@@ -353,9 +467,11 @@ def run_pipeline(
         distill_rounds=rounds,
         score_after_prune=score_after_prune,
         score_after_distill=score_after_distill,
+        recovery=recovery,
         export=exported,
         teacher_onnx=teacher_onnx,
         student_onnx=student_onnx,
         heldout=heldout,
         seconds=seconds,
+        budget=budget,
     )

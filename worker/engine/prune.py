@@ -145,34 +145,71 @@ def _run(model: nn.Module, example: dict[str, torch.Tensor]) -> torch.Tensor:
     return out[0] if isinstance(out, list | tuple) else out
 
 
+def copy_with_graph(model: nn.Module, dg: tp.DependencyGraph) -> tuple[nn.Module, tp.DependencyGraph]:
+    """A deep copy of ``model`` with its dependency graph, the graph pointing at the copy's layers.
+    Building a graph traces the model (seconds on a large one); copying it is cheap. The pruning
+    functions, autograd nodes and the ops module are shared, not copied."""
+    memo: dict[int, object] = {id(dg.ops): dg.ops}
+    for node in dg.module2node.values():
+        memo[id(node.grad_fn)] = node.grad_fn
+        for dep in node.dependencies:
+            for fn in (dep.handler, dep.trigger):
+                owner = getattr(fn, "__self__", None)
+                if owner is not None:
+                    memo[id(owner)] = owner
+    return copy.deepcopy((model, dg), memo)  # type: ignore[arg-type]
+
+
 def probe_exclusions(model: nn.Module, example: dict[str, torch.Tensor], skip: set[str]) -> dict[str, str]:
     """Remove one output channel of each candidate layer in a copy; keep the layers whose removal
-    breaks the graph (error or changed output shape)."""
+    breaks the graph (error or changed output shape). One dependency graph is built; each trial
+    copies it with the model, and layers of one dependency group share one trial."""
     ref_shape = _run(model, example).shape
     reasons: dict[str, str] = {}
+    dg = tp.DependencyGraph().build_dependency(
+        model, example_inputs=tuple(example.values()), customized_pruners=CUSTOM_PRUNERS
+    )
+    names = {m: n for n, m in prunable_layers(model).items()}
+    verdicts: dict[frozenset[str], str | None] = {}
     for name, layer in prunable_layers(model).items():
         if name in skip or channels_out(layer) < 2:
             if name not in skip:
                 reasons[name] = "has a single output channel"
             continue
-        trial = copy.deepcopy(model)
-        target = trial.get_submodule(name)
         try:
-            dg = tp.DependencyGraph().build_dependency(
-                trial, example_inputs=tuple(example.values()), customized_pruners=CUSTOM_PRUNERS
-            )
-            group = dg.get_pruning_group(target, _out_pruning_fn(target), idxs=[0])
-            if not dg.check_pruning_group(group):
-                reasons[name] = "Torch-Pruning refuses to prune this group"
-                continue
-            group.prune()
-            shape = _run(trial, example).shape
+            group = dg.get_pruning_group(layer, _out_pruning_fn(layer), idxs=[0])
+            key = frozenset(names[d.target.module] for d, _ in group if d.target.module in names)
         except Exception as e:
             reasons[name] = f"removing a channel breaks the graph: {str(e).splitlines()[0][:160]}"
             continue
-        if shape != ref_shape:
-            reasons[name] = f"removing a channel changes the output shape to {list(shape)}"
+        if key not in verdicts:
+            verdicts[key] = _probe_one(model, dg, name, example, ref_shape)
+        if verdicts[key] is not None:
+            reasons[name] = verdicts[key]  # type: ignore[assignment]
     return reasons
+
+
+def _probe_one(
+    model: nn.Module,
+    dg: tp.DependencyGraph,
+    name: str,
+    example: dict[str, torch.Tensor],
+    ref_shape: torch.Size,
+) -> str | None:
+    """Why removing channel 0 of ``name`` (with its group) breaks the model, or None."""
+    trial, tdg = copy_with_graph(model, dg)
+    target = trial.get_submodule(name)
+    try:
+        group = tdg.get_pruning_group(target, _out_pruning_fn(target), idxs=[0])
+        if not tdg.check_pruning_group(group):
+            return "Torch-Pruning refuses to prune this group"
+        group.prune()
+        shape = _run(trial, example).shape
+    except Exception as e:
+        return f"removing a channel breaks the graph: {str(e).splitlines()[0][:160]}"
+    if shape != ref_shape:
+        return f"removing a channel changes the output shape to {list(shape)}"
+    return None
 
 
 class NormScaleImportance(tp.importance.Importance):

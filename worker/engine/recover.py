@@ -1,0 +1,385 @@
+"""Closed-form recovery after pruning: refit each layer by least squares, input to output.
+
+Channel pruning removes inputs of the layers downstream; a few gradient steps cannot repair that
+on a CPU budget, but a linear solve can (He et al. 2017, "Channel Pruning for Accelerating Very
+Deep Neural Networks"; ThiNet). For every Conv / ConvTranspose / Linear layer, in the order the
+student runs them, we take
+
+- ``X``: the layer's input in the *student* (whose upstream layers are already refitted, so errors
+  do not accumulate), as im2col rows at sampled output positions;
+- ``Y``: the *teacher's* output of the same layer (pre-activation, pre-normalisation) at the same
+  positions, restricted to the output channels the student kept;
+
+and solve the ridge-regularised least squares ``min ||X W + b - Y||^2 + lam ||W||^2`` per group of
+a grouped convolution. A ConvTranspose is refitted as the ordinary convolution it equals over its
+zero-spaced, padded input. One teacher pass caches the targets; one student pass refits every
+layer from a forward pre-hook, just before that layer runs, so the whole recovery costs two
+forward passes over the calibration batch plus one small solve per layer.
+
+Normalisation layers keep their statistics: each refitted conv reproduces the teacher's
+pre-normalisation output on its kept channels, which is what those statistics describe.
+A layer is only changed when the fit lowers its own error on the sampled rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+
+from worker.engine.rewrite import Demodulation
+
+log = logging.getLogger(__name__)
+
+RIDGE = 1e-3  # lam = RIDGE * mean diagonal of X^T X (scale-free)
+MAX_ROWS = 8192  # sampled output positions per layer
+REFITTABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+
+@dataclass
+class RecoveryResult:
+    """What ``recover`` did; ``error_before`` / ``error_after`` are relative squared errors of each
+    refitted layer's output against the teacher's on the sampled rows, summed over layers."""
+
+    refitted: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    samples: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+    stopped_by: str | None = None  # "deadline" when time ran out before the last layer
+    error_before: float = 0.0
+    error_after: float = 0.0
+
+
+# --- which teacher channels each student layer kept -------------------------------------------
+
+
+@contextlib.contextmanager
+def track_kept_channels(model: nn.Module) -> Iterator[dict[str, list[int]]]:
+    """While active, record every output-channel removal Torch-Pruning makes on ``model``'s
+    Conv / Linear layers; yields layer name -> indices (in the original layer) of the kept
+    output channels, updated as pruning goes. Every removal goes through
+    ``tp.Dependency.__call__`` (groups, iterative rounds, our aligned-block pruning alike)."""
+    names = {m: n for n, m in model.named_modules() if isinstance(m, REFITTABLE)}
+    kept: dict[str, list[int]] = {n: list(range(_out_channels(m))) for m, n in names.items()}
+    original = tp.dependency.Dependency.__call__
+
+    def call(dep: tp.dependency.Dependency, idxs: list) -> object:
+        module = dep.target.module
+        if module in names and getattr(dep.handler, "__name__", "") == "prune_out_channels":
+            plain = tp._helpers.to_plain_idxs(idxs) if idxs and not isinstance(idxs[0], int) else idxs
+            gone = {int(i) for i in plain}
+            ids = kept[names[module]]
+            kept[names[module]] = [c for pos, c in enumerate(ids) if pos not in gone]
+        return original(dep, idxs)
+
+    tp.dependency.Dependency.__call__ = call  # type: ignore[method-assign]
+    try:
+        yield kept
+    finally:
+        tp.dependency.Dependency.__call__ = original  # type: ignore[method-assign]
+
+
+def _out_channels(m: nn.Module) -> int:
+    return m.out_features if isinstance(m, nn.Linear) else int(m.out_channels)  # type: ignore[arg-type]
+
+
+# --- im2col rows at chosen output positions ----------------------------------------------------
+
+
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def conv_rows(layer: nn.Conv2d, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """im2col of ``x [N, C, H, W]`` at output positions ``pos [P, 3]`` (n, y, x):
+    ``[P, C * kh * kw]`` in the order of ``weight.flatten(1)`` (per input channel, then kernel)."""
+    if isinstance(layer.padding, str):
+        raise ValueError(f"padding {layer.padding!r} is not supported")
+    ph, pw = _pair(layer.padding)
+    mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+    xp = F.pad(x, (pw, pw, ph, ph), mode=mode) if (ph or pw) else x
+    return _gather(xp, pos, _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.dilation))
+
+
+def _gather(
+    xp: torch.Tensor,
+    pos: torch.Tensor,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+) -> torch.Tensor:
+    n, y, x = pos[:, 0], pos[:, 1] * stride[0], pos[:, 2] * stride[1]
+    cols = [
+        xp[n, :, y + i * dilation[0], x + j * dilation[1]] for i in range(kernel[0]) for j in range(kernel[1])
+    ]
+    return torch.stack(cols, dim=2).flatten(1)  # [P, C, kh*kw] -> [P, C*kh*kw]
+
+
+def conv_transpose_as_conv(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """The zero-spaced, padded input over which a stride-1 convolution with
+    ``transpose_weight_to_conv(layer.weight)`` equals ``layer(x)``."""
+    if layer.padding_mode != "zeros":
+        raise ValueError(f"padding_mode {layer.padding_mode!r} is not supported")
+    (sh, sw), (dh, dw) = _pair(layer.stride), _pair(layer.dilation)
+    (kh, kw), (ph, pw) = _pair(layer.kernel_size), _pair(layer.padding)
+    oh, ow = _pair(layer.output_padding)
+    n, c, h, w = x.shape
+    z = x.new_zeros(n, c, (h - 1) * sh + 1, (w - 1) * sw + 1)
+    z[:, :, ::sh, ::sw] = x
+    top, left = dh * (kh - 1) - ph, dw * (kw - 1) - pw
+    return F.pad(z, (left, left + ow, top, top + oh))  # negative padding crops
+
+
+def transpose_weight_to_conv(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """ConvTranspose weight ``[Cin, Cout/g, kh, kw]`` -> the equivalent conv weight
+    ``[Cout, Cin/g, kh, kw]`` (per group: swap in/out, flip the kernel)."""
+    cin, cog, kh, kw = w.shape
+    return (
+        w.reshape(groups, cin // groups, cog, kh, kw)
+        .transpose(1, 2)
+        .reshape(groups * cog, cin // groups, kh, kw)
+        .flip(-1, -2)
+    )
+
+
+def conv_weight_to_transpose(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """Inverse of ``transpose_weight_to_conv``."""
+    cout, cig, kh, kw = w.shape
+    return (
+        w.flip(-1, -2)
+        .reshape(groups, cout // groups, cig, kh, kw)
+        .transpose(1, 2)
+        .reshape(groups * cig, cout // groups, kh, kw)
+    )
+
+
+def layer_rows(layer: nn.Module, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The rows ``X`` whose product with the layer's (conv-form) weight gives its output at ``pos``."""
+    if isinstance(layer, nn.Linear):
+        return x.reshape(-1, x.shape[-1])[pos[:, 0]]
+    if isinstance(layer, nn.ConvTranspose2d):
+        xp = conv_transpose_as_conv(layer, x)
+        return _gather(xp, pos, _pair(layer.kernel_size), (1, 1), _pair(layer.dilation))
+    return conv_rows(layer, x, pos)  # type: ignore[arg-type]
+
+
+def output_rows(out: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """A layer's output at ``pos``: ``[P, C]``."""
+    if out.dim() == 4:
+        return out[pos[:, 0], :, pos[:, 1], pos[:, 2]]
+    return out.reshape(-1, out.shape[-1])[pos[:, 0]]
+
+
+def sample_positions(out: torch.Tensor, rows: int, gen: torch.Generator) -> torch.Tensor:
+    """Up to ``rows`` distinct output positions: ``[P, 3]`` (n, y, x) for 4-d outputs, ``[P, 1]``
+    (flattened row) otherwise."""
+    if out.dim() == 4:
+        n, _, h, w = out.shape
+        total = n * h * w
+        flat = torch.randperm(total, generator=gen)[:rows] if total > rows else torch.arange(total)
+        return torch.stack([flat // (h * w), (flat // w) % h, flat % w], dim=1)
+    total = out.numel() // out.shape[-1]
+    flat = torch.randperm(total, generator=gen)[:rows] if total > rows else torch.arange(total)
+    return flat[:, None]
+
+
+# --- the solve ----------------------------------------------------------------------------------
+
+
+def conv_form_weight(layer: nn.Module) -> torch.Tensor:
+    """The layer's weight as ``[Cout, D]`` rows matching ``layer_rows`` (D per group)."""
+    w = layer.weight.detach()
+    if isinstance(layer, nn.ConvTranspose2d):
+        w = transpose_weight_to_conv(w, layer.groups)
+    return w.reshape(w.shape[0], -1)
+
+
+def set_conv_form_weight(layer: nn.Module, w: torch.Tensor) -> None:
+    if isinstance(layer, nn.ConvTranspose2d):
+        kh, kw = _pair(layer.kernel_size)
+        w = conv_weight_to_transpose(w.reshape(w.shape[0], -1, kh, kw), layer.groups)
+    layer.weight.data.copy_(w.reshape(layer.weight.shape))
+
+
+def ridge_fit(
+    x: torch.Tensor, y: torch.Tensor, groups: int, with_bias: bool, ridge: float = RIDGE
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Least squares ``y ~ x W^T + b`` per group: ``x [P, g*D]``, ``y [P, Cout]`` ->
+    (``W [Cout, D]``, ``b [Cout]`` or None). The bias is not regularised."""
+    p = x.shape[0]
+    d = x.shape[1] // groups
+    cog = y.shape[1] // groups
+    ws, bs = [], []
+    for g in range(groups):
+        xg = x[:, g * d : (g + 1) * d].double()
+        yg = y[:, g * cog : (g + 1) * cog].double()
+        if with_bias:
+            xg = torch.cat([xg, xg.new_ones(p, 1)], dim=1)
+        a = xg.T @ xg
+        lam = ridge * float(a.diagonal()[:d].mean().clamp_min(1e-12))
+        a.diagonal()[:d] += lam
+        sol = torch.linalg.solve(a, xg.T @ yg)  # [D(+1), cog]
+        ws.append(sol[:d].T)
+        if with_bias:
+            bs.append(sol[d])
+    w = torch.cat(ws).float()
+    return w, (torch.cat(bs).float() if with_bias else None)
+
+
+def _predict(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, groups: int) -> torch.Tensor:
+    d, cog = x.shape[1] // groups, w.shape[0] // groups
+    parts = [x[:, g * d : (g + 1) * d] @ w[g * cog : (g + 1) * cog].T for g in range(groups)]
+    out = torch.cat(parts, dim=1)
+    return out + b if b is not None else out
+
+
+def refit_layer(
+    layer: nn.Module, x: torch.Tensor, y: torch.Tensor, ridge: float = RIDGE
+) -> tuple[float, float]:
+    """Refit ``layer`` so its output rows match ``y`` given input rows ``x``; keep the old weights
+    if the fit is not better on these rows. Returns (relative error before, after)."""
+    groups = int(getattr(layer, "groups", 1))
+    bias = layer.bias
+    w0 = conv_form_weight(layer)
+    b0 = bias.detach() if bias is not None else None
+    scale = float(y.pow(2).mean().clamp_min(1e-12))
+    before = float((_predict(x, w0, b0, groups) - y).pow(2).mean()) / scale
+    w, b = ridge_fit(x, y, groups, bias is not None, ridge)
+    after = float((_predict(x, w, b, groups) - y).pow(2).mean()) / scale
+    if not (after < before) or not torch.isfinite(w).all():
+        return before, before
+    with torch.no_grad():
+        set_conv_form_weight(layer, w)
+        if bias is not None and b is not None:
+            bias.copy_(b)
+    return before, after
+
+
+# --- the two passes -----------------------------------------------------------------------------
+
+
+def refittable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Layers recovery may refit: plain Conv2d / ConvTranspose2d / Linear whose weight nothing
+    else reads (a StyleGAN demodulation reads its modulated conv's weight: both are left)."""
+    tied = {id(m.conv) for m in model.modules() if isinstance(m, Demodulation)}
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, REFITTABLE) and not isinstance(m, Demodulation) and id(m) not in tied
+    }
+
+
+def _teacher_targets(
+    teacher: nn.Module,
+    names: list[str],
+    kept: dict[str, list[int]],
+    batch: dict[str, torch.Tensor],
+    rows: int,
+    seed: int,
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, str]]:
+    """One teacher pass: layer -> (positions, target rows on the kept channels)."""
+    gen = torch.Generator().manual_seed(seed)
+    targets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    skipped: dict[str, str] = {}
+
+    def hook(name: str) -> Callable[..., None]:
+        def fn(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+            if name in targets:
+                skipped[name] = "runs more than once per forward pass (shared layer)"
+                return
+            pos = sample_positions(out, rows, gen)
+            ids = torch.tensor(kept[name]) if name in kept else None
+            y = output_rows(out, pos)
+            targets[name] = (pos, y[:, ids] if ids is not None else y.clone())
+
+        return fn
+
+    handles = [teacher.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    try:
+        with torch.no_grad():
+            teacher(*batch.values())
+    finally:
+        for h in handles:
+            h.remove()
+    for n in skipped:
+        targets.pop(n, None)
+    return targets, skipped
+
+
+def recover(
+    teacher: nn.Module,
+    student: nn.Module,
+    kept: dict[str, list[int]],
+    batch: dict[str, torch.Tensor],
+    *,
+    deadline: float | None = None,
+    rows: int = MAX_ROWS,
+    ridge: float = RIDGE,
+    seed: int = 0,
+) -> RecoveryResult:
+    """Refit the student's layers in place (see the module docstring). ``kept``: layer -> teacher
+    indices of its kept output channels (layers not named kept all of them). ``deadline``: a
+    ``time.perf_counter()`` value after which no further layer is refitted."""
+    t0 = time.perf_counter()
+    result = RecoveryResult(samples=len(next(iter(batch.values()))), rows=rows)
+    t_layers = refittable_layers(teacher)
+    s_layers = refittable_layers(student)
+    names = [n for n in s_layers if n in t_layers]
+    for n in names:
+        if n in kept and len(kept[n]) != _out_channels(s_layers[n]):
+            result.skipped[n] = "its kept channels could not be traced through pruning"
+        elif isinstance(s_layers[n], nn.Conv2d | nn.ConvTranspose2d) and isinstance(s_layers[n].padding, str):
+            result.skipped[n] = f"padding {s_layers[n].padding!r}"
+    names = [n for n in names if n not in result.skipped]
+    targets, shared = _teacher_targets(teacher, names, kept, batch, rows, seed)
+    result.skipped.update(shared)
+    seen: set[str] = set()
+
+    def pre_hook(name: str) -> Callable[..., None]:
+        def fn(layer: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            if name in seen or name not in targets:
+                return
+            seen.add(name)
+            if deadline is not None and time.perf_counter() > deadline:
+                result.stopped_by = "deadline"
+                result.skipped[name] = "the recovery time share ran out"
+                return
+            pos, y = targets.pop(name)
+            try:
+                x = layer_rows(layer, args[0], pos)
+                before, after = refit_layer(layer, x, y, ridge)
+            except (RuntimeError, ValueError) as e:  # singular system, odd geometry: leave it
+                result.skipped[name] = f"not refitted: {str(e).splitlines()[0][:120]}"
+                return
+            result.error_before += before
+            result.error_after += after
+            result.refitted.append(name)
+
+        return fn
+
+    handles = [s_layers[n].register_forward_pre_hook(pre_hook(n)) for n in names]
+    try:
+        with torch.no_grad():
+            student(*batch.values())
+    finally:
+        for h in handles:
+            h.remove()
+    result.seconds = time.perf_counter() - t0
+    log.info(
+        "recover.done layers=%d skipped=%d samples=%d seconds=%.1f error=%.4f->%.4f",
+        len(result.refitted),
+        len(result.skipped),
+        result.samples,
+        result.seconds,
+        result.error_before,
+        result.error_after,
+    )
+    return result

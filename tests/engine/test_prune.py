@@ -217,3 +217,35 @@ def test_no_blocks_is_a_clear_error(tiny_onnx: dict[str, Path]) -> None:
     model, _ = _load(tiny_onnx["dcgan"])
     with pytest.raises(PruningError, match="no removable residual block"):
         blocks.choose_blocks(blocks.find_blocks(model), 0.5, None)
+
+
+class ShuffleToOutput(nn.Module):
+    """SRVGGNetCompact's tail (Real-ESRGAN animevideo): conv -> PixelShuffle(2) + nearest-upsampled
+    input is the output, so the last conv's channels are the output's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.PReLU(16), nn.Conv2d(16, 12, 3, padding=1)
+        )
+        self.shuffle = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.body(x)) + nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+def test_a_pixelshuffle_producer_of_the_output_stays_whole(tmp_path: Path) -> None:
+    path = tmp_path / "sr.onnx"
+    torch.manual_seed(0)
+    torch.onnx.export(
+        ShuffleToOutput().eval(), (torch.randn(1, 3, 8, 8),), str(path), input_names=["image"],
+        output_names=["out"], dynamic_axes={"image": {0: "N"}, "out": {0: "N"}}, opset_version=17, dynamo=False,
+    )  # fmt: skip
+    model, ex = _load(path)
+    plan = plan_channel_pruning(model, ex, PruneSpec(ratio=0.5))
+    (last,) = [n for n, m in prunable_layers(model).items() if m.out_channels == 12]
+    assert last not in plan.shuffle and "model output" in plan.kept[last]
+    student = copy.deepcopy(model)
+    prune_step(student, ex, make_pruner(student, ex, PruneSpec(ratio=0.5), plan, 0.5), plan, 0.5)
+    assert student(*ex.values()).shape == model(*ex.values()).shape
+    assert student.get_submodule(last).in_channels == 8  # the body around it was pruned

@@ -109,10 +109,13 @@ def static_exclusions(gm: fx.GraphModule, ignore: list[str]) -> dict[str, str]:
     for name in layers:  # first: a user's pattern wins over a structural reason (block sites too)
         if any(fnmatch.fnmatch(name, pat) for pat in ignore):
             reasons[name] = "matches an ignore pattern of the spec"
+    # second: output producers, before any block-site reason (a PixelShuffle whose result is the
+    # output, e.g. SR models that add an upsampled copy of the input, must keep its channels)
     for node in gm.graph.nodes:
         if node.op == "output":
             for name in _producers(gm, node.all_input_nodes):
                 reasons.setdefault(name, "produces the model output (its channels are the output's)")
+    for node in gm.graph.nodes:
         mod = _module_of(gm, node)
         if mod is not None and type(mod).__name__ in CHANNEL_MIXERS:
             why = CHANNEL_MIXERS[type(mod).__name__]

@@ -54,6 +54,14 @@ class UnsupportedOpError(BadInputError):
     title = "Unsupported operator or layer"
 
 
+class ConversionError(BadInputError):
+    """Every operator is known, but the converted model does not run or does not match the
+    original (a shape mismatch inside the converted graph, a difference above tolerance)."""
+
+    code = "conversion_failed"
+    title = "Model could not be converted faithfully"
+
+
 class BadCalibrationError(BadInputError):
     code = "bad_calibration"
     title = "Calibration data cannot be used"
@@ -97,6 +105,7 @@ ERROR_TYPES: dict[str, type[GanCompressError]] = {
         CorruptModelError,
         MissingInputSpecError,
         UnsupportedOpError,
+        ConversionError,
         BadCalibrationError,
         BadSpecError,
         PruningError,

@@ -17,6 +17,7 @@ from worker.engine.importers import (
     PARITY_TOLERANCE,
     graph_inputs,
     import_model,
+    interface_axes,
     load_onnx,
     sniff_format,
 )
@@ -29,6 +30,7 @@ from worker.errors import (
     UnsupportedOpError,
 )
 from worker.spec import Distribution, InputSpec, ModelFormat
+from worker.zoo.registry import model_path
 
 TS_INPUTS = {
     "dcgan": {"z": InputSpec(shape=[1, 16])},
@@ -248,3 +250,29 @@ def test_onnxslim_processed_upload_imports(tiny_onnx: dict[str, Path], tmp_path:
     args = tiny.example("dcgan", batch=2)
     with torch.no_grad():
         assert torch.allclose(im.module(*args), _torch_out("dcgan", args), atol=PARITY_TOLERANCE)
+
+
+@pytest.mark.parametrize("name", ["dcgan", "cgan"])
+def test_dynamo_reshape_with_allowzero_imports(name: str) -> None:
+    """The dynamo exporter writes ``allowzero=1`` on every Reshape; onnx2torch refuses it, and
+    with a constant shape without zeros it changes nothing."""
+    path = model_path(name, opset=18, exporter="dynamo")
+    assert any(a.name == "allowzero" and a.i for n in onnx.load(str(path)).graph.node for a in n.attribute)
+    im = import_model(path, None)
+    assert im.parity_max_abs_diff < PARITY_TOLERANCE
+
+
+def test_interface_axes_keep_only_real_symbolic_axes() -> None:
+    """A fixed-size output whose height the exporter left symbolic (even named ``batch``) is not
+    a dynamic axis of the interface; height and width of a fully convolutional model are."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1, "batch", "w"])
+    g = helper.make_graph([], "g", [x], [y])
+    assert interface_axes(helper.make_model(g)) == {"x": {0: "batch"}, "y": {0: "batch"}}
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "N", None])
+    g = helper.make_graph([], "g", [x], [y])
+    assert interface_axes(helper.make_model(g)) == {
+        "x": {0: "N", 2: "H", 3: "W"},
+        "y": {0: "N", 2: "y_2", 3: "y_3"},
+    }

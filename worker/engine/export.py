@@ -38,14 +38,39 @@ class ExportResult:
 
 
 def export_onnx(
-    model: nn.Module, example: dict[str, torch.Tensor], output_names: list[str], opset: int
+    model: nn.Module,
+    example: dict[str, torch.Tensor],
+    output_names: list[str],
+    opset: int,
+    *,
+    fixed_batch: int | None = None,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
 ) -> onnx.ModelProto:
     """TorchScript-based exporter (``dynamo=False``): it handles onnx2torch's modules, which carry
-    their own ONNX export; batch axis dynamic on every input and output."""
+    their own ONNX export.
+
+    The interface follows the teacher's: ``dynamic_axes`` (input/output name -> axis -> name, as
+    ``ImportedModel.dynamic_axes``) names the symbolic axes, e.g. height and width of a fully
+    convolutional model; ``fixed_batch`` exports with that batch baked in (traced on the first
+    ``fixed_batch`` samples of ``example``) and drops any symbolic batch axis. With neither, the
+    batch axis of every input and output is dynamic."""
+    from worker.engine.batching import PerSample
+
+    if fixed_batch is None and any(isinstance(m, PerSample) for m in model.modules()):
+        raise ExportError(
+            "this model runs one sample at a time (its graph bakes in a fixed batch): export it with "
+            "fixed_batch=1"
+        )
     names = list(example)
+    axes = _export_axes([*names, *output_names], fixed_batch, dynamic_axes)
+    if fixed_batch is not None:
+        example = {k: v[:fixed_batch] for k, v in example.items()}
     buf = io.BytesIO()
     model.eval()
     export_opset = min(opset, TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    from worker.engine.modconv import set_export_fixed_batch
+
+    set_export_fixed_batch(model, fixed_batch is not None)
     try:
         with torch.no_grad():
             torch.onnx.export(
@@ -56,11 +81,13 @@ def export_onnx(
                 opset_version=export_opset,
                 input_names=names,
                 output_names=output_names,
-                dynamic_axes={n: {0: "batch"} for n in [*names, *output_names]},
+                dynamic_axes=axes or None,
                 do_constant_folding=True,
             )
     except Exception as e:
         raise ExportError(f"ONNX export failed at opset {export_opset}: {first_line(e)}") from e
+    finally:
+        set_export_fixed_batch(model, False)
     exported = onnx.load_from_string(buf.getvalue())
     if opset > export_opset:
         try:
@@ -70,6 +97,19 @@ def export_onnx(
                 f"converting the export from opset {export_opset} to {opset} failed: {first_line(e)}"
             ) from e
     return exported
+
+
+def _export_axes(
+    names: list[str], fixed_batch: int | None, dynamic_axes: dict[str, dict[int, str]] | None
+) -> dict[str, dict[int, str]]:
+    """torch.onnx.export's ``dynamic_axes`` for the given interface (see ``export_onnx``)."""
+    if dynamic_axes is None:
+        axes = {} if fixed_batch is not None else {n: {0: "batch"} for n in names}
+    else:
+        axes = {n: dict(dynamic_axes[n]) for n in names if n in dynamic_axes}
+    if fixed_batch is not None:
+        axes = {n: {i: a for i, a in ax.items() if i != 0} for n, ax in axes.items()}
+    return {n: ax for n, ax in axes.items() if ax}
 
 
 def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -89,13 +129,29 @@ def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def ort_run(model: onnx.ModelProto | bytes, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run ``model`` on ``feeds`` in ONNX Runtime (one thread). A graph with a fixed batch
+    (exported without a dynamic batch axis) is run in chunks of that batch and the outputs
+    concatenated, so fixed-batch teachers and students take batches of any multiple of it."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.log_severity_level = 3
     data = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"]).run(None, feeds)
+    sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    fixed = _session_fixed_batch(sess)
+    n = next((len(v) for v in feeds.values() if np.ndim(v) > 0), 0)
+    if fixed is None or n == fixed or n % fixed:
+        return sess.run(None, feeds)
+    chunks = [sess.run(None, {k: v[i : i + fixed] for k, v in feeds.items()}) for i in range(0, n, fixed)]
+    return [np.concatenate(outs, axis=0) for outs in zip(*chunks, strict=True)]
+
+
+def _session_fixed_batch(sess: object) -> int | None:
+    """The batch every input of an ONNX Runtime session has fixed on its first axis, or None."""
+    sizes = {i.shape[0] if i.shape else None for i in sess.get_inputs()}  # type: ignore[attr-defined]
+    size = sizes.pop() if len(sizes) == 1 else None
+    return size if isinstance(size, int) and size > 0 else None
 
 
 def torch_vs_onnx(model: nn.Module, onnx_model: onnx.ModelProto, batch: dict[str, torch.Tensor]) -> float:
@@ -185,8 +241,16 @@ def export_student(
     quantize: Quantize,
     calib: list[dict[str, np.ndarray]],
     parity_batch: dict[str, torch.Tensor],
+    *,
+    fixed_batch: int | None = None,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
 ) -> ExportResult:
-    raw = export_onnx(student, example, output_names, opset)
+    """Export, clean up and check the student; quantize if asked. ``fixed_batch`` and
+    ``dynamic_axes`` keep the teacher's interface (pass ``ImportedModel.fixed_batch`` and
+    ``ImportedModel.dynamic_axes``; see ``export_onnx``)."""
+    raw = export_onnx(
+        student, example, output_names, opset, fixed_batch=fixed_batch, dynamic_axes=dynamic_axes
+    )
     n_before = len(raw.graph.node)
     model = cleanup(raw)
     diff = torch_vs_onnx(student, model, parity_batch)
@@ -196,6 +260,12 @@ def export_student(
         )
     shipped, qdiff, notes = model, None, []
     if quantize != Quantize.NONE:
+        if fixed_batch is not None:  # calibration batches in chunks the fixed-batch graph takes
+            calib = [
+                {k: v[i : i + fixed_batch] for k, v in b.items()}
+                for b in calib
+                for i in range(0, _rows(b), fixed_batch)
+            ]
         try:
             shipped = QUANTIZERS[quantize](model, calib)
         except ExportError:
@@ -214,6 +284,10 @@ def export_student(
         quantize,
     )
     return ExportResult(shipped, model, opset, quantize, diff, qdiff, n_before, len(model.graph.node), notes)
+
+
+def _rows(batch: dict[str, np.ndarray]) -> int:
+    return len(next(iter(batch.values()))) if batch else 0
 
 
 def _scale(model: nn.Module, batch: dict[str, torch.Tensor]) -> float:

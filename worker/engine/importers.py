@@ -7,7 +7,14 @@ it and says nothing), so every upload goes through ONNX:
 
 followed by our own fx passes that turn onnx2torch's functional leftovers into real layers
 (``PRelu`` with a constant slope -> ``nn.PReLU``) so that they can be pruned and trained.
-The converted module is checked against ONNX Runtime on the original graph (max abs diff).
+The converted module is checked against ONNX Runtime on the original graph (max abs diff, at
+batch 2; image inputs with symbolic height/width at a size the model runs at, not 1x1).
+
+Models as people export them: a graph with a fixed batch of 1 gets a symbolic batch axis for
+training (batching.py; where that is impossible it runs one sample at a time) and the student
+keeps the fixed batch; StyleGAN2's fused modulated convs (``groups = batch``) become per-sample
+``BatchedConv2d`` layers (modconv.py). ``ImportedModel.fixed_batch`` / ``dynamic_axes`` record
+the upload's interface for the export.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from onnx import TensorProto, numpy_helper
 from torch import fx, nn
 
 from worker.errors import (
+    ConversionError,
     CorruptModelError,
     MissingInputSpecError,
     UnsupportedFormatError,
@@ -61,6 +69,12 @@ class ImportedModel:
     output_names: list[str]
     parity_max_abs_diff: float
     notes: list[str] = field(default_factory=list)
+    # the batch baked into the upload's inputs (exported without a dynamic batch axis), else None;
+    # the student is exported with the same fixed batch (export_student's ``fixed_batch``)
+    fixed_batch: int | None = None
+    # symbolic axes of the upload's inputs and outputs, as torch.onnx.export's ``dynamic_axes``
+    # (batch, and height/width of fully convolutional image models); export_student's ``dynamic_axes``
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
 
 
 def sniff_format(path: Path) -> ModelFormat:
@@ -217,34 +231,51 @@ def torchscript_to_onnx(
         raise CorruptModelError(f"{path.name}: not a loadable TorchScript archive: {first_line(e)}") from e
     from worker.engine.sampling import example_batch
 
-    args = tuple(example_batch(inputs, batch=2, seed=0).values())
-    names = list(inputs)
-    buf = io.BytesIO()
+    batch = example_batch(inputs, batch=2, seed=0)
     try:
-        with torch.no_grad():
-            ts(*args)
-            torch.onnx.export(
-                ts,
-                args,
-                buf,
-                dynamo=False,
-                opset_version=opset,
-                input_names=names,
-                output_names=["output"],
-                dynamic_axes={n: {0: "batch"} for n in [*names, "output"]},
-            )
+        return _export_traced(ts, batch, opset, dynamic=True)
     except Exception as e:
-        raise UnsupportedOpError(f"TorchScript model could not be traced to ONNX: {first_line(e)}") from e
+        first = e
+    # Convolutions with ``groups = batch`` (StyleGAN2's fused modconv) only export with a static
+    # batch (ONNX's group count is an attribute): export at a fixed batch of 1 instead.
+    try:
+        model = _export_traced(ts, {k: v[:1] for k, v in batch.items()}, opset, dynamic=False)
+    except Exception:
+        raise UnsupportedOpError(
+            f"TorchScript model could not be traced to ONNX: {first_line(first)}"
+        ) from first
+    log.info("import.torchscript_fixed_batch error=%s", first_line(first))
+    return model
+
+
+def _export_traced(
+    ts: torch.nn.Module, batch: dict[str, torch.Tensor], opset: int, dynamic: bool
+) -> onnx.ModelProto:
+    """torch.onnx.export (TorchScript exporter) with a dynamic batch axis or a fixed batch."""
+    names = list(batch)
+    buf = io.BytesIO()
+    with torch.no_grad():
+        ts(*batch.values())
+        torch.onnx.export(
+            ts,
+            tuple(batch.values()),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=names,
+            output_names=["output"],
+            dynamic_axes={n: {0: "batch"} for n in [*names, "output"]} if dynamic else None,
+        )
     return onnx.load_from_string(buf.getvalue())
 
 
 def to_torch(model: onnx.ModelProto) -> fx.GraphModule:
     """onnxslim -> (opset down-conversion) -> onnx2torch -> our fx passes. Raises UnsupportedOpError
-    naming the op when a converter is missing."""
+    naming the op when a converter is missing, ConversionError when a known op fails to convert."""
     import onnx2torch
     import onnxslim
 
-    model = resolve_static_sequences(model)
+    model = _allowzero_off(resolve_static_sequences(model))
     try:
         slim = onnxslim.slim(model)
     except Exception as e:  # slim is an optimisation; an unslimmable graph is still convertible
@@ -252,6 +283,9 @@ def to_torch(model: onnx.ModelProto) -> fx.GraphModule:
         slim = model
     if onnx_opset(slim) > CONVERT_OPSET:
         slim = downgrade_opset(slim)
+    from worker.engine.modconv import register_converters, weights_to_parameters
+
+    register_converters()
     try:
         gm = onnx2torch.convert(slim, save_input_names=True)
     except NotImplementedError as e:
@@ -259,8 +293,9 @@ def to_torch(model: onnx.ModelProto) -> fx.GraphModule:
         op = m.group(1) if m else first_line(e)
         raise UnsupportedOpError(f"unsupported ONNX operator {op!r}: {first_line(e)}") from e
     except Exception as e:
-        raise UnsupportedOpError(f"ONNX graph could not be converted to torch: {first_line(e)}") from e
+        raise ConversionError(f"ONNX graph could not be converted to torch: {_describe(e)}") from e
     gm = gm.float().eval()
+    weights_to_parameters(gm)
     _prelu_to_module(gm)
     from worker.engine.rewrite import (
         channel_constants_to_layers,
@@ -274,6 +309,31 @@ def to_torch(model: onnx.ModelProto) -> fx.GraphModule:
     channel_constants_to_layers(gm)
     reshape_infers_channels(gm)
     return gm
+
+
+def _allowzero_off(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop ``allowzero=1`` (the dynamo exporter writes it on every Reshape; onnx2torch refuses it)
+    where the shape is a constant without zeros: there it changes nothing."""
+    consts = {i.name: i for i in model.graph.initializer}
+    found = [
+        n
+        for n in model.graph.node
+        if n.op_type == "Reshape"
+        and any(a.name == "allowzero" and a.i for a in n.attribute)
+        and n.input[1] in consts
+        and 0 not in numpy_helper.to_array(consts[n.input[1]]).tolist()
+    ]
+    if not found:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    names = {id(n) for n in found}
+    for node, copy in zip(model.graph.node, out.graph.node, strict=True):
+        if id(node) in names:
+            kept = [a for a in copy.attribute if a.name != "allowzero"]
+            del copy.attribute[:]
+            copy.attribute.extend(kept)
+    return out
 
 
 def resolve_static_sequences(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -504,25 +564,197 @@ def onnx_io_names(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
 
 
 def parity(gm: nn.Module, model: onnx.ModelProto, inputs: dict[str, InputSpec], seed: int = 0) -> float:
-    """Max abs diff between the torch module and ONNX Runtime on the same (batch-2) inputs."""
+    """Max abs diff between the torch module and ONNX Runtime on the same (batch-2) inputs (a
+    fixed-batch graph runs sample by sample). ``MissingInputSpecError`` when the original graph
+    does not run on these inputs, ``ConversionError`` when only the converted module fails."""
+    from worker.engine.export import ort_run
     from worker.engine.sampling import example_batch
 
     batch = example_batch(inputs, batch=2, seed=seed)
-    with torch.no_grad():
-        out = gm(*batch.values())
+    try:
+        ref = ort_run(model, {k: v.numpy() for k, v in batch.items()})
+    except Exception as e:
+        raise MissingInputSpecError(
+            f"the model does not run on inputs {_shapes(batch)} in ONNX Runtime: {_describe(e)}; "
+            "give the input shapes in the input spec"
+        ) from e
+    try:
+        with torch.no_grad():
+            out = gm(*batch.values())
+    except Exception as e:
+        raise ConversionError(
+            f"the converted model fails on inputs {_shapes(batch)} where the original runs: {_describe(e)}"
+        ) from e
     outs = out if isinstance(out, list | tuple) else [out]
-    from worker.engine.export import ort_run
-
-    ref = ort_run(model, {k: v.numpy() for k, v in batch.items()})
     if len(ref) != len(outs):
-        raise UnsupportedOpError(f"converted model has {len(outs)} outputs, the graph has {len(ref)}")
+        raise ConversionError(f"converted model has {len(outs)} outputs, the graph has {len(ref)}")
+    for o, r in zip(outs, ref, strict=True):
+        if tuple(o.shape) != r.shape:
+            raise ConversionError(
+                f"the converted model's output has shape {list(o.shape)}, the original's {list(r.shape)}"
+            )
     return float(max(np.abs(o.detach().numpy() - r).max() for o, r in zip(outs, ref, strict=True)))
+
+
+def _shapes(batch: dict[str, torch.Tensor]) -> str:
+    return ", ".join(f"{k} {list(v.shape)}" for k, v in batch.items())
+
+
+def _describe(e: BaseException) -> str:
+    """One line for an exception from ONNX Runtime, torch or onnx2torch: its first line without
+    ONNX Runtime's bracketed prefix, or the type and missing name for a KeyError."""
+    if type(e) is KeyError and e.args and " " not in str(e.args[0]):
+        return f"value {e.args[0]!r} is computed where the converter needs a constant"
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", first_line(e))
+    return text.rstrip(" :") or type(e).__name__
+
+
+def interface_axes(model: onnx.ModelProto) -> dict[str, dict[int, str]]:
+    """Symbolic axes of the graph's inputs and outputs (``dynamic_axes`` of torch.onnx.export).
+
+    An output's symbolic non-batch axes are kept only when an input has some too (a fully
+    convolutional model); otherwise they are the exporter's shape-inference leftovers on a
+    fixed-size output (named ``batch`` at times), not part of the interface."""
+    inits = {i.name for i in model.graph.initializer}
+    ins = {vi.name: _symbolic_axes(vi) for vi in model.graph.input if vi.name not in inits}
+    spatial = any(i > 0 for axes in ins.values() for i in axes)
+    batch_names = {axes[0] for axes in ins.values() if 0 in axes}
+    out = {name: axes for name, axes in ins.items() if axes}
+    for vi in model.graph.output:
+        axes = {
+            i: (f"{vi.name}_{i}" if i > 0 and a in batch_names else a)
+            for i, a in _symbolic_axes(vi).items()
+            if i == 0 or spatial
+        }
+        if axes:
+            out[vi.name] = axes
+    return out
+
+
+def _symbolic_axes(vi: onnx.ValueInfoProto) -> dict[int, str]:
+    return {
+        i: d.dim_param or f"{vi.name}_{i}"
+        for i, d in enumerate(vi.type.tensor_type.shape.dim)
+        if not (d.HasField("dim_value") and d.dim_value > 0)
+    }
+
+
+PROBE_SIDES = (64, 128, 256, 32, 16)  # image side for symbolic H/W: the first ONNX Runtime runs
+
+
+def probe_spatial_size(
+    model: onnx.ModelProto, inputs: dict[str, InputSpec], user: dict[str, InputSpec] | None
+) -> dict[str, InputSpec]:
+    """Image inputs with symbolic height/width (and no shape from the user) get a size the model
+    runs at, instead of 1x1: the first of ``PROBE_SIDES`` that ONNX Runtime accepts."""
+    from worker.engine.export import ort_run
+    from worker.engine.sampling import example_batch
+
+    dims = {vi.name: vi.type.tensor_type.shape.dim for vi in model.graph.input}
+    dyn = {n for n in dynamic_spatial_inputs(model) if n in inputs and n not in (user or {})}
+    if not dyn:
+        return inputs
+    errors: list[str] = []
+    for side in PROBE_SIDES:
+        trial = dict(inputs)
+        for n in dyn:
+            hw = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else side for d in dims[n][2:]]
+            trial[n] = inputs[n].model_copy(update={"shape": [*inputs[n].shape[:2], *hw]})
+        try:
+            ort_run(model, {k: v.numpy() for k, v in example_batch(trial, batch=1, seed=0).items()})
+        except Exception as e:
+            errors.append(f"{side}: {_describe(e)}")
+            continue
+        log.info("import.probe_size inputs=%s side=%d", sorted(dyn), side)
+        return trial
+    raise MissingInputSpecError(
+        f"the model runs at none of the image sizes {list(PROBE_SIDES)} (e.g. {errors[0]}); "
+        f'give the input shape in the input spec, e.g. {{"{sorted(dyn)[0]}": {{"shape": [1, C, H, W]}}}}'
+    )
+
+
+def _convert_checked(
+    model: onnx.ModelProto, inputs: dict[str, InputSpec], batch: int | None
+) -> tuple[fx.GraphModule, float, list[str]]:
+    """Convert ``model`` (fused modulated convs first, modconv.py) and check it against ONNX
+    Runtime at batch 2. A fixed-batch graph is converted with a symbolic batch axis
+    (batching.py); where that fails it is run one sample at a time (``per_sample_module``)."""
+    from worker.engine.modconv import fuse_batched_convs
+
+    fused, n_fused = fuse_batched_convs(model)
+    if batch is None:
+        gm = to_torch(fused)
+        return gm, _checked_parity(gm, model, inputs), []
+    converted = _convert_with_symbolic_batch(model, fused, n_fused, inputs, batch)
+    if not isinstance(converted, str):
+        return (*converted, [f"The graph's fixed batch of {batch} was made symbolic for compression."])
+    why = converted
+    from worker.engine.batching import per_sample_module
+
+    gm = per_sample_module(to_torch(fused))
+    diff = _checked_parity(gm, model, inputs)
+    log.info("import.per_sample batch=%d reason=%s", batch, why)
+    note = (
+        f"The graph bakes its batch of {batch} into its shapes ({why}): the model runs one sample "
+        "at a time during compression."
+    )
+    return gm, diff, [note]
+
+
+def _convert_with_symbolic_batch(
+    model: onnx.ModelProto,
+    fused: onnx.ModelProto,
+    n_fused: int,
+    inputs: dict[str, InputSpec],
+    batch: int,
+) -> tuple[fx.GraphModule, float] | str:
+    """The module converted with a symbolic batch axis and its parity, or why there is none."""
+    from worker.engine.batching import batched_matches_per_sample, make_batch_symbolic
+    from worker.engine.sampling import example_batch
+
+    sym = make_batch_symbolic(fused, batch)
+    if sym is None:
+        return "an input or output does not lead with the batch axis"
+    if not n_fused:  # plain ONNX: check the rewrite in ONNX Runtime before converting it
+        feeds = {k: v.numpy() for k, v in example_batch(inputs, batch=2, seed=0).items()}
+        if batched_matches_per_sample(sym, model, feeds, PARITY_TOLERANCE) is None:
+            return "ONNX Runtime cannot run it at batch 2 with a symbolic batch axis"
+    gm = to_torch(sym)
+    try:
+        diff = parity(gm, model, inputs)
+    except ConversionError as e:
+        return e.detail
+    return (gm, diff) if diff <= PARITY_TOLERANCE else f"differs by {diff:.3g} at batch 2"
+
+
+def _checked_parity(gm: nn.Module, model: onnx.ModelProto, inputs: dict[str, InputSpec]) -> float:
+    diff = parity(gm, model, inputs)
+    if not diff <= PARITY_TOLERANCE:
+        raise _mismatch(diff)
+    return diff
+
+
+def check_inputs(imported: ImportedModel, inputs: dict[str, InputSpec] | None = None) -> float:
+    """Parity of the imported module at ``inputs`` (default: ``imported.inputs``), e.g. once image
+    inputs with symbolic height/width took the calibration images' size. Raises
+    ``MissingInputSpecError`` when the original does not run at that size (one line, with ONNX
+    Runtime's reason), ``ConversionError`` when only the converted module fails or differs."""
+    return _checked_parity(imported.module, imported.onnx_model, inputs or imported.inputs)
+
+
+def _mismatch(diff: float) -> ConversionError:
+    return ConversionError(
+        f"converted model differs from the original by {diff:.3g} (tolerance {PARITY_TOLERANCE}); "
+        "an operator is not converted faithfully"
+    )
 
 
 def import_model(
     path: Path, user_inputs: dict[str, InputSpec] | None, log_fn: Callable[[str], None] | None = None
 ) -> ImportedModel:
     """Load ``path`` (either format) as a trainable module that matches the original."""
+    from worker.engine.batching import fixed_batch
+
     fmt = sniff_format(path)
     notes: list[str] = []
     if fmt == ModelFormat.TORCHSCRIPT:
@@ -540,17 +772,22 @@ def import_model(
         raise UnsupportedOpError(
             f"generators with one output are supported; this one has {len(output_names)}"
         )
-    gm = to_torch(model)
-    try:
-        diff = parity(gm, model, inputs)
-    except (UnsupportedOpError, MissingInputSpecError):
-        raise
-    except Exception as e:
-        raise UnsupportedOpError(f"converted model does not run on the given inputs: {first_line(e)}") from e
-    if not diff <= PARITY_TOLERANCE:
-        raise UnsupportedOpError(
-            f"converted model differs from the original by {diff:.3g} (tolerance {PARITY_TOLERANCE}); "
-            "an operator is not converted faithfully"
-        )
-    log.info("import.done format=%s inputs=%s parity=%.3g", fmt, list(inputs), diff)
-    return ImportedModel(gm, model, fmt, inputs, list(inputs), output_names, diff, notes)
+    inputs = probe_spatial_size(model, inputs, user_inputs)
+    batch = fixed_batch(model)
+    gm, diff, batch_notes = _convert_checked(model, inputs, batch)
+    notes += batch_notes
+    if batch is not None and fmt == ModelFormat.TORCHSCRIPT:
+        notes.append(f"It exports only with a fixed batch of {batch}; the compressed model keeps it.")
+    log.info("import.done format=%s inputs=%s parity=%.3g fixed_batch=%s", fmt, list(inputs), diff, batch)
+    return ImportedModel(
+        gm,
+        model,
+        fmt,
+        inputs,
+        list(inputs),
+        output_names,
+        diff,
+        notes,
+        fixed_batch=batch,
+        dynamic_axes=interface_axes(model),
+    )

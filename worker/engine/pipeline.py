@@ -24,7 +24,7 @@ from worker.engine import blocks as block_prune
 from worker.engine.budget import PRUNE_SHARE, RECOVER_SHARE, Budget
 from worker.engine.distill import DistillResult, distill, heldout_score
 from worker.engine.export import ExportResult, cleanup, export_student
-from worker.engine.importers import ImportedModel, dynamic_spatial_inputs, import_model
+from worker.engine.importers import ImportedModel, check_inputs, dynamic_spatial_inputs, import_model
 from worker.engine.sampling import InputSampler, load_calibration, mix_share
 from worker.errors import BadCalibrationError, CanceledError, PruningError
 from worker.spec import (
@@ -165,6 +165,7 @@ def _sensitivity_allocation(
     macs_before: int,
     on_unit: Callable[[int, int], None] | None = None,
     deadline: float | None = None,
+    per_sample_seconds: float = 0.0,
 ) -> allocate.Allocation:
     """Per-layer ratios for the MACs that uniform pruning at the ratio leaves (or target_macs)."""
     p = spec.prune
@@ -174,7 +175,17 @@ def _sensitivity_allocation(
     else:
         target = prune.macs_at_ratio(student, example, p, plan, float(p.ratio or 0.5))
     batch = sampler.train_batch(allocate.batch_size_for(example))
-    alloc = allocate.allocate(student, example, batch, p, plan, target, on_unit, deadline=deadline)
+    alloc = allocate.allocate(
+        student,
+        example,
+        batch,
+        p,
+        plan,
+        target,
+        on_unit,
+        deadline=deadline,
+        per_sample_seconds=per_sample_seconds,
+    )
     if p.target_macs is not None and alloc.macs > target * 1.05:
         raise PruningError(
             f"target_macs {target:,} is out of reach: with every prunable layer at its largest allowed "
@@ -283,6 +294,8 @@ def run_pipeline(
     emit(Progress(stage=Stage.IMPORT, message="converting the model"))
     imported = import_model(model_path, spec.inputs)
     arrays = _load_calibrations(imported, calibration or {})
+    if dynamic_spatial_inputs(imported.onnx_model) & set(arrays):
+        check_inputs(imported)  # symbolic H, W now at the calibration size: the model must run there
     sampler = InputSampler(imported.inputs, arrays, seed=spec.seed, mix=mix_share(spec.distill.augment))
     teacher = copy.deepcopy(imported.module).eval()
     student = imported.module
@@ -352,7 +365,15 @@ def run_pipeline(
 
                 try:
                     alloc = _sensitivity_allocation(
-                        student, example, sampler, spec, plan, macs_before, on_unit, prune_deadline
+                        student,
+                        example,
+                        sampler,
+                        spec,
+                        plan,
+                        macs_before,
+                        on_unit,
+                        prune_deadline,
+                        budget.per_sample_seconds(),
                     )
                     outcome.allocation, ratio = alloc, None
                 except allocate.AllocationTimeout as e:
@@ -450,7 +471,15 @@ def run_pipeline(
     calib = [{k: v.numpy() for k, v in sampler.train_batch(4).items()} for _ in range(8)]
     parity_batch = {k: v[:4] for k, v in heldout.items()}
     exported = export_student(
-        student, example, imported.output_names, spec.export.opset, spec.export.quantize, calib, parity_batch
+        student,
+        example,
+        imported.output_names,
+        spec.export.opset,
+        spec.export.quantize,
+        calib,
+        parity_batch,
+        fixed_batch=imported.fixed_batch,  # the student keeps the teacher's interface
+        dynamic_axes=imported.dynamic_axes,
     )
     student_onnx = out_dir / "model.onnx"
     onnx.save(exported.model, str(student_onnx))

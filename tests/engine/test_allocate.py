@@ -203,9 +203,19 @@ def test_allocation_gives_up_when_its_trials_cannot_meet_the_deadline(tiny_onnx:
     plan = plan_channel_pruning(model, ex, spec)
     budget = macs_at_ratio(model, ex, spec, plan, 0.5)
     t0 = time.perf_counter()
-    with pytest.raises(A.AllocationTimeout, match="sensitivity trials"):
+    with pytest.raises(A.AllocationTimeout, match="would take about"):
         A.allocate(model, ex, batch, spec, plan, budget, deadline=time.perf_counter() + 1e-3)
-    assert time.perf_counter() - t0 < 5.0  # it stops at the first group, not after all of them
+    assert time.perf_counter() - t0 < 5.0  # it gives up before the first trial
+    with pytest.raises(A.AllocationTimeout, match=r"sensitivity trials: 0 of .* before the first"):  # the pace check
+        A.measure_units(
+            model,
+            ex,
+            batch,
+            spec,
+            plan,
+            A.find_units(model, ex, spec, plan),
+            deadline=time.perf_counter() + 1e-3,
+        )
 
 
 def test_probe_matches_a_fresh_graph_per_layer(tiny_onnx: dict[str, Path]) -> None:
@@ -230,3 +240,14 @@ def test_probe_matches_a_fresh_graph_per_layer(tiny_onnx: dict[str, Path]) -> No
         except Exception:
             breaks = True
         assert (name in fast) == (breaks or layer.weight.shape[0] < 2), name
+
+
+def test_trials_shrink_their_batch_to_fit_or_give_up_before_starting() -> None:
+    levels = len(A.LEVELS)
+    assert A.plan_trials(10, 0.1, 0.01, 16, None) == 16
+    copies = 10 * levels + 20
+    # 16 inputs need 10 * levels * 16 * 0.01 s of forwards plus the copies
+    assert A.plan_trials(10, 0.01, 0.01, 16, 10 * levels * 16 * 0.01 + copies * 0.01) == 16
+    assert A.plan_trials(10, 0.01, 0.01, 16, 10 * levels * 4 * 0.01 + copies * 0.01 + 1e-9) == 4
+    with pytest.raises(A.AllocationTimeout, match="would take about"):
+        A.plan_trials(10, 0.5, 0.01, 16, 10.0)

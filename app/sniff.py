@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from app.errors import ExternalDataError
 from worker.errors import BadCalibrationError, CorruptModelError, UnsupportedFormatError
+from worker.onnx_checks import external_tensors
 from worker.spec import ModelFormat, default_distribution
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -127,7 +128,7 @@ def _inspect_onnx(path: Path, head: bytes) -> list[InputInfo]:
             "neither a TorchScript archive nor an ONNX model; supported formats: "
             "TorchScript (.pt from torch.jit.save) and ONNX"
         )
-    external = _external_tensors(model.graph)
+    external = external_tensors(model)
     if external:
         raise ExternalDataError(
             f"{len(external)} tensor(s) (e.g. {external[0]!r}) are stored in external files; "
@@ -135,37 +136,6 @@ def _inspect_onnx(path: Path, head: bytes) -> list[InputInfo]:
             tensors=external[:20],
         )
     return _inputs(model.graph)
-
-
-def _external_tensors(graph: Any) -> list[str]:
-    """Names of tensors in ``graph`` and its subgraphs that use external data."""
-    import onnx
-
-    found: list[str] = []
-
-    def tensors(t: Any) -> None:
-        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
-            found.append(t.name or "(unnamed)")
-
-    def walk(g: Any) -> None:
-        for t in g.initializer:
-            tensors(t)
-        for st in g.sparse_initializer:
-            tensors(st.values)
-            tensors(st.indices)
-        for node in g.node:
-            for a in node.attribute:
-                if a.HasField("t"):
-                    tensors(a.t)
-                for t in a.tensors:
-                    tensors(t)
-                if a.HasField("g"):
-                    walk(a.g)
-                for sg in a.graphs:
-                    walk(sg)
-
-    walk(graph)
-    return found
 
 
 def _inputs(graph: Any) -> list[InputInfo]:

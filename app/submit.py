@@ -17,7 +17,7 @@ from app.queue import JobQueue
 from app.settings import Settings
 from app.uploads import CalibrationRecord, ModelRecord
 from worker.errors import BadCalibrationError, BadSpecError, MissingInputSpecError, UnsupportedOpError
-from worker.spec import CompressionSpec, Distribution, ModelFormat
+from worker.spec import MAX_DIM, CompressionSpec, Distribution, ModelFormat
 from worker.spec_cli import validate_spec
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,13 @@ def check_spec(
             'a TorchScript model needs an input spec, e.g. "inputs": {"z": {"shape": [1, 100, 1, 1]}}'
         )
     graph_inputs = [i.name for i in model.inputs] if model.inputs is not None else None
+    for info in model.inputs or []:
+        too_big = [d for d in info.shape if isinstance(d, int) and d > MAX_DIM]
+        if too_big and not (spec.inputs and info.name in spec.inputs):
+            raise MissingInputSpecError(
+                f"input {info.name!r} declares shape {info.shape}: dimension {too_big[0]} is over the "
+                f"largest supported {MAX_DIM}; give its shape in the input spec"
+            )
     if spec.inputs and graph_inputs is not None:  # the engine's wording (importers.merge_inputs)
         unknown = sorted(set(spec.inputs) - set(graph_inputs))
         if unknown:

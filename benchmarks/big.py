@@ -34,10 +34,15 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-RUNS = HERE / "runs" / "big"
+RUNS = HERE / "runs" / "big"  # --tag NAME writes to runs/big/NAME
 REAL = ("realesr_animevideov3_x4", "realesrgan_x4plus_anime_6b", "cyclegan_resnet_128")
 ZOO = ("resnet_i2i", "unet_i2i", "srresnet")
-CONFIGS: dict[str, list[str]] = {"defaults": [], "no-recovery": ["--recover", "none"]}
+CONFIGS: dict[str, list[str]] = {
+    "defaults": [],
+    "no-recovery": ["--recover", "none"],
+    "patch-half": ["--patch", "{half}"],  # train on crops of half the input side
+    "full-size": ["--patch", "0"],
+}
 
 
 @dataclass
@@ -111,15 +116,17 @@ def heldout_quality(teacher: Path, student: Path, heldout: Path) -> tuple[float,
 def run_one(name: str, config: str, budget: float, ratio: float) -> Row:
     files = model_files(name)
     out = RUNS / f"{name}-{config}"
+    half = int(np.load(files["calibration"], mmap_mode="r").shape[-1]) // 2
+    extra = [a.format(half=half) for a in CONFIGS[config]]
     cmd = [
         sys.executable, "-m", "app.cli", "compress", str(files["model"]),
         "--calibration", str(files["calibration"]), "--ratio", str(ratio),
-        "--budget-seconds", str(budget), "--out", str(out), "--quiet", *CONFIGS[config],
+        "--budget-seconds", str(budget), "--out", str(out), "--quiet", *extra,
     ]  # fmt: skip
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     wall = time.perf_counter() - t0
-    if proc.returncode not in (0, 1):
+    if proc.returncode not in (0, 1) or not (out / "report.json").is_file():
         raise RuntimeError(f"{name}/{config} failed ({proc.returncode}): {proc.stderr.strip()[-600:]}")
     rep: dict[str, Any] = json.loads((out / "report.json").read_text())
     ssim_v, psnr_v = heldout_quality(files["model"], out / "model.onnx", files["heldout"])
@@ -191,8 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-seconds", type=float, default=120.0)
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--models", default=",".join(REAL + ZOO))
-    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--configs", default="defaults,no-recovery")
+    ap.add_argument("--tag", default="", help="write into benchmarks/runs/big/TAG")
     args = ap.parse_args(argv)
+    global RUNS
+    RUNS = RUNS / args.tag if args.tag else RUNS
     rows = []
     for name in args.models.split(","):
         for config in args.configs.split(","):

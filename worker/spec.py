@@ -128,15 +128,19 @@ def default_distribution(
     return None
 
 
+MAX_DIM = 8192  # the largest input dimension a spec (or a graph without a spec) may have
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN or Infinity never means anything in a spec (an Infinity gate would vanish as null)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class InputSpec(_Strict):
     """One model input. The batch dimension is the first entry of ``shape`` (any value; it is
     replaced by the batch size the engine uses)."""
 
-    shape: list[Annotated[int, Field(ge=1, le=8192)]] = Field(
+    shape: list[Annotated[int, Field(ge=1, le=MAX_DIM)]] = Field(
         min_length=1, max_length=6, description="Shape including the batch dimension, e.g. [1, 64]."
     )
     dtype: Literal["float32", "int64", "int32"] = Field("float32", description="Element type.")
@@ -218,6 +222,14 @@ class DistillSpec(_Strict):
     )
     batch_size: int = Field(8, ge=1, le=512)
     lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate (cosine-decayed).")
+    patch: int | None = Field(
+        None,
+        ge=0,
+        le=8192,
+        description="Image models: train on random square crops of this side (a fully convolutional "
+        "student learns the same map from smaller inputs, more steps per second); held-out scoring stays "
+        "at the full size. null: automatic; 0: always the full input size.",
+    )
     augment: Augment = Field(
         Augment.MIX,
         description="Image inputs: 'flip' (random crops and flips) or 'mix' (also blends pairs of calibration "

@@ -62,6 +62,12 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--loss", metavar="NAME=W,...", help=f"losses, names: {', '.join(LossName)}")
     g.add_argument("--batch-size", type=int)
+    g.add_argument(
+        "--patch",
+        type=int,
+        metavar="N",
+        help="image models: train on random NxN crops (0: the full input size; default automatic)",
+    )
     g.add_argument("--lr", type=float)
     g.add_argument(
         "--augment",
@@ -152,6 +158,7 @@ def spec_from_args(args: argparse.Namespace) -> CompressionSpec:
             "budget_seconds": args.budget_seconds,
             "losses": parse_losses(args.loss) if args.loss else None,
             "batch_size": args.batch_size,
+            "patch": args.patch,
             "lr": args.lr,
             "augment": args.augment,
         },

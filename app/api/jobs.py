@@ -177,10 +177,7 @@ async def _from_form(
             raise MalformedUploadError(f"unexpected form field(s) {sorted(unknown)}; expected 'spec'")
         spec_raw: Any = None
         if form.fields.get("spec", "").strip():
-            try:
-                spec_raw = json.loads(form.fields["spec"])
-            except json.JSONDecodeError as e:
-                raise BadSpecError(f"spec: not valid JSON: {e}") from e
+            spec_raw = parse_spec_json(form.fields["spec"])
         w = form.files["model"]
         info = await run_in_threadpool(sniff_model, w.path)
         model = svc.uploads.model_record(w, info, form.filenames.get("model"))
@@ -193,6 +190,20 @@ async def _from_form(
     except BaseException:
         form.discard()
         raise
+
+
+def _no_constants(name: str) -> Any:
+    raise BadSpecError(f"spec: {name} is not a number a spec may hold (JSON has no NaN or Infinity)")
+
+
+def parse_spec_json(text: str) -> Any:
+    """The multipart ``spec`` field as JSON: NaN / Infinity refused, deep nesting a 422, not a 500."""
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except json.JSONDecodeError as e:
+        raise BadSpecError(f"spec: not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise BadSpecError("spec: nested too deeply to be a compression spec") from e
 
 
 def _etag(body: dict[str, Any]) -> str:

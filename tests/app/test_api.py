@@ -232,6 +232,52 @@ def test_invalid_spec_is_422_at_submit(client: TestClient, spec: dict[str, Any],
     assert client.get("/v1/jobs").json()["items"] == []
 
 
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('{"gates": {"min_psnr": Infinity}}', "Infinity"),
+        ('{"gates": {"min_ssim": NaN}}', "NaN"),
+        ('{"prune": {"ratio": -Infinity}}', "Infinity"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ],
+    ids=["infinity-gate", "nan-gate", "minus-infinity", "deep-nesting"],
+)
+def test_json_a_spec_cannot_hold_is_422_not_null_or_500(client: TestClient, text: str, needle: str) -> None:
+    r = client.post("/v1/jobs", files={"model": ("g", onnx_bytes())}, data={"spec": text})
+    assert needle in assert_problem(r, 422, "invalid_spec")["detail"]
+    m = onnx_model(client)  # the JSON body: pydantic parses the constants, the spec refuses them
+    if not text.startswith("["):
+        body = '{"model_id": "%s", "spec": %s}' % (m["id"], text)  # noqa: UP031
+        r = client.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+        assert_problem(r, 422, "invalid_spec")
+    assert client.get("/v1/jobs").json()["items"] == []
+
+
+def test_an_input_too_large_to_sample_is_422_at_submit(client: TestClient) -> None:
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes(shape=("N", 8)))
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 100_000_000  # z: [N, 100000000]
+    huge = model.SerializeToString()
+    r = client.post("/v1/jobs", files={"model": ("g", huge)}, data={"spec": json.dumps(SPEC)})
+    assert "100000000" in assert_problem(r, 422, "missing_input_spec")["detail"]
+    assert client.get("/v1/jobs").json()["items"] == []
+
+
+def test_external_data_in_a_model_local_function_is_refused(client: TestClient) -> None:
+    import onnx
+    from onnx import helper
+
+    model = onnx.load_from_string(onnx_bytes())
+    w = onnx.load_from_string(onnx_bytes(external=True)).graph.initializer[0]
+    const = helper.make_node("Constant", [], ["c"], value=w)
+    model.functions.append(
+        helper.make_function("local", "f", [], ["c"], [const], [helper.make_opsetid("", 17)])
+    )
+    r = upload(client, model.SerializeToString())
+    assert_problem(r, 422, "external_data")
+
+
 def test_submit_errors(client: TestClient) -> None:
     ts = upload(client, torchscript_zip()).json()
     assert_problem(client.post("/v1/jobs", json={"model_id": ts["id"]}), 422, "missing_input_spec")

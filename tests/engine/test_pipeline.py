@@ -126,3 +126,53 @@ def test_a_short_budget_falls_back_to_uniform_allocation(
     assert r.prune.allocation is None
     assert any(n.startswith("sensitivity allocation skipped") for n in r.prune.notes)
     assert r.prune.macs_after < r.prune.macs_before
+
+
+def test_progress_eta_is_the_whole_jobs() -> None:
+    from worker.engine.budget import Budget
+    from worker.engine.pipeline import with_job_eta
+    from worker.spec import Progress, Stage
+
+    seen: list[Progress] = []
+    budget = Budget(100.0)
+    emit = with_job_eta(seen.append, budget)
+    emit(Progress(stage=Stage.PRUNE))
+    assert 99.0 < seen[-1].eta_seconds <= 100.0  # distillation fills the budget: the job ends there
+    emit(Progress(stage=Stage.DISTILL, step=5, total=10, eta_seconds=4.0))  # the step limit comes first
+    assert seen[-1].eta_seconds == pytest.approx(4.0 + budget.finish_reserve(), abs=0.1)
+    emit(Progress(stage=Stage.DISTILL, step=5, total=10, eta_seconds=500.0))
+    assert seen[-1].eta_seconds <= 100.0
+    emit(Progress(stage=Stage.MEASURE))
+    assert seen[-1].eta_seconds == pytest.approx(budget.finish_reserve(), abs=0.1)
+    emit(Progress(stage=Stage.DONE))
+    assert seen[-1].eta_seconds == 0.0
+
+
+def test_patches_only_for_models_that_follow_the_input_size(
+    tiny_onnx: dict[str, Path], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from tests.engine import wild
+    from worker.engine.importers import import_model
+    from worker.engine.pipeline import choose_patch
+    from worker.engine.sampling import InputSampler
+
+    def sampler_for(imported: object, side: int) -> InputSampler:
+        images = np.tanh(np.random.default_rng(0).normal(size=(12, 3, side, side))).astype(np.float32)
+        return InputSampler(imported.inputs, {"image": images}, seed=0)  # type: ignore[attr-defined]
+
+    conv = import_model(tiny_onnx["resnet"], None)  # fully convolutional, 16x16
+    s = sampler_for(conv, 16)
+    assert choose_patch(conv.module, s, conv, None) == (None, None)  # auto: half of 16 is below 32
+    patch, note = choose_patch(conv.module, s, conv, 8)
+    assert patch == 8 and note is not None and "8x8 crops" in note
+    assert choose_patch(conv.module, s, conv, 0) == (None, None)
+    s.patch = 8
+    assert s.train_batch(3)["image"].shape == (3, 3, 8, 8)
+    assert s.heldout(2)["image"].shape == (2, 3, 16, 16)  # held-out stays at the full size
+
+    attn = import_model(wild.export_onnx("attention", tmp_path / "attn.onnx"), None)  # x.view(C, H*W)
+    side = attn.inputs["image"].shape[2]
+    patch, note = choose_patch(attn.module, sampler_for(attn, side), attn, side // 2)
+    assert patch is None and note is not None and note.startswith("trained at the full input size")

@@ -169,7 +169,7 @@ def distillation_section(r: PipelineResult, metric: str) -> DistillationSection:
     last = r.distill_rounds[-1] if r.distill_rounds else None
     steps = sum(x.steps for x in r.distill_rounds)
     seconds = sum(x.seconds for x in r.distill_rounds)
-    notes = []
+    notes = list(r.distill_notes)
     if len(r.distill_rounds) > 1:
         notes.append(f"{len(r.distill_rounds)} rounds: pruning and distillation alternated (iterative_steps)")
     if last is not None and last.samples_per_second:

@@ -41,6 +41,7 @@ from worker.errors import (
     UnsupportedOpError,
     first_line,
 )
+from worker.onnx_checks import external_tensors
 from worker.spec import Distribution, InputSpec, ModelFormat, default_distribution
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,11 @@ def load_onnx(path: Path) -> onnx.ModelProto:
         model = onnx.load_model(str(path), load_external_data=False)
     except Exception as e:
         raise CorruptModelError(f"{path.name}: not a readable ONNX model: {e}") from e
-    for init in model.graph.initializer:
-        if init.data_location == TensorProto.EXTERNAL:
-            raise CorruptModelError(
-                f"{path.name}: initializer {init.name!r} uses external data; upload a single-file model"
-            )
+    external = external_tensors(model)  # the API's rule: graph, subgraphs, model-local functions
+    if external:
+        raise CorruptModelError(
+            f"{path.name}: tensor {external[0]!r} uses external data; upload a single-file model"
+        )
     if not model.graph.output:
         raise CorruptModelError(f"{path.name}: the graph has no outputs")
     try:

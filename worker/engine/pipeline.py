@@ -26,7 +26,7 @@ from worker.engine.distill import DistillResult, distill, heldout_score
 from worker.engine.export import ExportResult, cleanup, export_student
 from worker.engine.importers import ImportedModel, check_inputs, dynamic_spatial_inputs, import_model
 from worker.engine.sampling import InputSampler, load_calibration, mix_share
-from worker.errors import BadCalibrationError, CanceledError, PruningError
+from worker.errors import BadCalibrationError, CanceledError, PruningError, first_line
 from worker.spec import (
     AllocationName,
     CompressionSpec,
@@ -91,6 +91,7 @@ class PipelineResult:
     seconds: dict[str, float]
     budget: Budget
     warnings: list[str] = field(default_factory=list)
+    distill_notes: list[str] = field(default_factory=list)
     fid_weights: Path | None = None
 
 
@@ -194,6 +195,49 @@ def _sensitivity_allocation(
     return alloc
 
 
+MIN_PATCH = 32  # automatic patches: half the input side, never below this
+AUTO_PATCH = False  # whether distill.patch = null trains on patches (see benchmarks/NOTES.md)
+
+
+def choose_patch(
+    teacher: nn.Module, sampler: InputSampler, imported: ImportedModel, asked: int | None
+) -> tuple[int | None, str | None]:
+    """The training crop side for distillation, and a note for the report. Patches need image
+    inputs and a model whose output follows the input size (fully convolutional): checked by
+    running the teacher at the patch size."""
+    images = [s for s in imported.inputs.values() if s.distribution == Distribution.CALIBRATION]
+    if asked is None and not AUTO_PATCH:
+        return None, None
+    if asked == 0 or not images or len(images) != len(imported.inputs):
+        return None, None
+    side = min(min(s.shape[2], s.shape[3]) for s in images)
+    patch = asked if asked is not None else side // 2
+    if (asked is None and patch < MIN_PATCH) or patch >= side:
+        return None, None
+    full = _forward(teacher, {k: v[:1] for k, v in sampler.train_batch(1).items()})
+    sampler.patch = patch
+    try:
+        small = _forward(teacher, sampler.train_batch(1))
+    except Exception as e:  # a fixed-size layer (reshape, global op): train at the full size
+        sampler.patch = None
+        return (
+            None,
+            f"trained at the full input size: the model does not run on {patch}x{patch} crops ({first_line(e)})",
+        )
+    finally:
+        sampler.patch = None
+    expect = [round(d * patch / side) for d in full.shape[2:]]
+    if full.dim() != 4 or list(small.shape[2:]) != expect:
+        return (
+            None,
+            f"trained at the full input size: the output does not follow the input size on {patch}x{patch} crops",
+        )
+    return patch, (
+        f"trained on random {patch}x{patch} crops (the model is fully convolutional: more steps per second); "
+        "held-out inputs are scored at the full size"
+    )
+
+
 def recovery_samples(spec: CompressionSpec, imported: ImportedModel, budget: Budget) -> int:
     """Calibration inputs for recovery: the spec's, else 32 images / 256 latents, fewer when two
     forward passes of them would not fit the recovery share of the budget."""
@@ -250,6 +294,7 @@ def compress(
     ``fid_weights``: a torchvision Inception-v3 state dict; adds FID to the quality section.
     ``spec.distill.budget_seconds`` bounds the whole call (see ``budget.py``)."""
     budget = Budget(spec.distill.budget_seconds)
+    emit = with_job_eta(progress or _noop, budget)
     if fid_weights is not None:
         from worker.engine.fid import load_inception
 
@@ -259,14 +304,40 @@ def compress(
         spec,
         out_dir,
         calibration=calibration,
-        progress=progress,
+        progress=emit,
         should_stop=should_stop,
         budget=budget,
     )
     result.fid_weights = fid_weights
     from worker.engine.assemble import write_all
 
-    return write_all(result, out_dir, progress or _noop)
+    return write_all(result, out_dir, emit)
+
+
+FINISH_STAGES = (Stage.EXPORT, Stage.MEASURE, Stage.QUALITY, Stage.REPORT)
+
+
+def with_job_eta(progress: ProgressFn, budget: Budget) -> ProgressFn:
+    """Progress events whose ``eta_seconds`` is the whole job's: until distillation ends the job
+    ends at its budget (distillation fills it), or earlier when the step limit ends distillation
+    first; then the finish reserve counts down from where distillation stopped."""
+    finish_started: list[float] = []
+
+    def emit(p: Progress) -> None:
+        now = time.perf_counter()
+        if p.stage in FINISH_STAGES:
+            if not finish_started:
+                finish_started.append(now)
+            eta = max(0.0, finish_started[0] + budget.finish_reserve() - now)
+        elif p.stage == Stage.DISTILL and p.eta_seconds is not None:
+            eta = min(p.eta_seconds + budget.finish_reserve(), budget.left())
+        elif p.stage == Stage.DONE:
+            eta = 0.0
+        else:
+            eta = budget.left()
+        progress(p.model_copy(update={"eta_seconds": round(eta, 1)}))
+
+    return emit
 
 
 def run_pipeline(
@@ -460,8 +531,12 @@ def run_pipeline(
         check()
 
     t2 = time.perf_counter()
+    patch, note = choose_patch(teacher, sampler, imported, dspec.patch)
+    distill_notes = [note] if note else []
+    sampler.patch = patch
     used_steps = sum(r.steps for r in rounds)
     run_round(max(0, dspec.steps - used_steps), budget.distill_seconds())
+    sampler.patch = None
     score_after_distill = heldout_score(student, heldout, teacher_heldout, data_range)
     seconds["distill"] = time.perf_counter() - t2 + sum(r.seconds for r in rounds[:-1])
     check()
@@ -503,4 +578,5 @@ def run_pipeline(
         heldout=heldout,
         seconds=seconds,
         budget=budget,
+        distill_notes=distill_notes,
     )

@@ -184,6 +184,7 @@ class InputSampler:
     ) -> None:
         self.inputs = inputs
         self.mix = mix  # share of training images blended with another training image
+        self.patch: int | None = None  # train on square crops of this side instead of the input size
         self.gen = torch.Generator().manual_seed(seed)
         self.heldout_seed = seed + 1_000_003
         self.train_images: dict[str, torch.Tensor] = {}
@@ -210,6 +211,8 @@ class InputSampler:
 
     def _crop(self, t: torch.Tensor, spec: InputSpec, batch: int) -> torch.Tensor:
         h, w = spec.shape[2], spec.shape[3]
+        if self.patch is not None:
+            h, w = min(h, self.patch), min(w, self.patch)
         idx = torch.randint(0, t.shape[0], (batch,), generator=self.gen)
         if t.shape[2] == h and t.shape[3] == w:  # nothing to crop: one gather and one select
             out = t[idx]

@@ -82,6 +82,14 @@ class ExportError(GanCompressError):
     title = "Export failed"
 
 
+class InvalidResultError(GanCompressError):
+    """The engine said it succeeded, but its files do not check out (never trusted unchecked)."""
+
+    code = "invalid_result"
+    status = 500
+    title = "The compression result failed the worker's checks"
+
+
 class CanceledError(GanCompressError):
     code = "canceled"
     status = 409

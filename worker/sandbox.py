@@ -4,8 +4,10 @@ The child gets: an empty temporary working directory, a scrubbed environment (no
 URL, no API or cloud keys), stdin closed, its own session/process group, ``resource`` limits
 (address space, CPU time, file size, no core dumps), ``PR_SET_PDEATHSIG`` (it dies with its
 parent), a wall-clock timeout and, when ``unshare --net`` works (root or user namespaces), a new
-network namespace without any interface but a down loopback. Its stdout is a JSON-lines protocol
-(``worker/engine/run.py``); every other output goes to the log file.
+network namespace without any interface but a down loopback. Its events come on a pipe of their
+own (the file descriptor named by ``GANCOMPRESS_EVENT_FD``; JSON lines of at most 1 MiB, see
+``worker/engine/run.py``); its stdout and stderr go to the log file, so nothing the uploaded model
+prints can pose as an event or a result.
 
 Stopping it (cancel or timeout) sends SIGTERM to the whole process group, then SIGKILL after a
 grace period. A child killed by a signal or a limit is reported as such and never takes the
@@ -39,6 +41,7 @@ from worker.errors import GanCompressError, ResourceLimitError
 log = logging.getLogger(__name__)
 
 MAX_LINE = 1024 * 1024
+EVENT_FD_ENV = "GANCOMPRESS_EVENT_FD"  # the child writes its events to this file descriptor
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
 MEMORY_MARKERS = ("can't allocate memory", "out of memory", "cannot allocate memory", "bad_alloc")
 
@@ -172,8 +175,8 @@ def run(
     poll_seconds: float = 0.5,
     exit_grace_seconds: float = 30.0,
 ) -> Outcome:
-    """Run ``argv`` sandboxed in ``workdir`` (its cwd and HOME); JSON lines from its stdout go to
-    ``on_event`` as they arrive, stderr and other stdout lines to ``log_path``. ``should_stop`` is
+    """Run ``argv`` sandboxed in ``workdir`` (its cwd and HOME); JSON lines from its event pipe go
+    to ``on_event`` as they arrive, its stdout and stderr (and malformed event lines) to ``log_path``. ``should_stop`` is
     polled about every ``poll_seconds``; when it returns True the child is stopped (canceled)."""
     workdir.mkdir(parents=True, exist_ok=True)
     prefix = None if limits.network else netns_prefix()
@@ -184,22 +187,28 @@ def run(
     lines: queue.Queue[bytes | None] = queue.Queue()
     out = Outcome(returncode=None, netns=netns)
     deadline = time.monotonic() + limits.wall_seconds if limits.wall_seconds else None
-    with log_path.open("ab") as log_fh:
-        proc = subprocess.Popen(
-            full_argv,
-            cwd=workdir,
-            env=env if env is not None else scrubbed_env(workdir),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log_fh,
-            start_new_session=True,
-            preexec_fn=_preexec(limits),
-            close_fds=True,
-        )
+    child_env = dict(env if env is not None else scrubbed_env(workdir))
+    read_fd, write_fd = os.pipe()
+    child_env[EVENT_FD_ENV] = str(write_fd)
+    with log_path.open("ab") as log_fh, os.fdopen(read_fd, "rb") as event_stream:
+        try:
+            proc = subprocess.Popen(
+                full_argv,
+                cwd=workdir,
+                env=child_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fh,
+                stderr=log_fh,
+                start_new_session=True,
+                preexec_fn=_preexec(limits),
+                close_fds=True,
+                pass_fds=(write_fd,),
+            )
+        finally:
+            os.close(write_fd)  # the child holds the only write end: EOF when it (and its group) exits
         out.pids.append(proc.pid)
         log.info("sandbox.started pid=%d netns=%s", proc.pid, netns)
-        assert proc.stdout is not None
-        reader = threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True)
+        reader = threading.Thread(target=_reader, args=(event_stream, lines), daemon=True)
         reader.start()
         eof = False
         last_check = 0.0

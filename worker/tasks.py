@@ -6,7 +6,9 @@
 3. run ``python -m worker.engine.run`` in the sandbox, writing its progress events into the job
    record as they arrive and polling the record for a cancel request;
 4. upload ``model.onnx``, ``report.json``, ``report.html``, ``samples.png``, ``log.txt`` and set
-   ``succeeded`` (with the summary), ``failed`` (with the error) or ``canceled``.
+   ``succeeded`` (with the summary of the report.json the worker validated, next to a model.onnx
+   the ONNX checker accepts: a ``done`` event alone proves nothing), ``failed`` (with the error)
+   or ``canceled``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from app.storage import ArtifactStore, store_from_settings
 from app.uploads import UploadRegistry, calibration_key, model_key
 from worker import sandbox
 from worker.celery_app import TASK_NAME, celery_app
+from worker.errors import InvalidResultError, first_line
 from worker.spec import ARTIFACT_NAMES, ModelFormat, Progress
 
 log = logging.getLogger(__name__)
@@ -215,10 +218,11 @@ def _run_claimed(rec: JobRecord, svc: _Services) -> JobState:
         if outcome.canceled:
             return _finish(jobs, rec.id, JobState.CANCELED, error=outcome.error, artifacts=artifacts)
         if outcome.ok and outcome.done is not None:
-            summary = dict(outcome.done.get("summary") or {})
-            report = _read_json(out / "report.json")
-            if isinstance(report, dict) and isinstance(report.get("gates"), dict):
-                summary.setdefault("gates", report["gates"])
+            try:
+                summary = checked_summary(out)
+            except InvalidResultError as e:
+                log.warning("job.invalid_result job_id=%s detail=%s", rec.id, e.detail)
+                return _finish(jobs, rec.id, JobState.FAILED, error=e.to_dict(), artifacts=artifacts)
             progress = {"fraction": 1.0, "step": 1, "total": 1, "loss": None, "eta_seconds": 0.0}
             return _finish(
                 jobs, rec.id, JobState.SUCCEEDED, summary=summary, artifacts=artifacts, stage="done",
@@ -253,11 +257,42 @@ def _upload_artifacts(store: ArtifactStore, job_id: str, out: Path, log_path: Pa
     return names
 
 
-def _read_json(path: Path) -> Any:
+MAX_REPORT_BYTES = 64 * 2**20
+
+
+def checked_summary(out: Path) -> dict[str, Any]:
+    """The job's summary from files the worker checks itself, never from the engine's ``done``
+    event (only a signal): ``report.json`` must validate against the report schema and
+    ``model.onnx`` must be a single-file ONNX model that ``onnx.checker`` accepts. Raises
+    ``InvalidResultError``."""
+    import onnx
+
+    from worker.onnx_checks import external_tensors
+    from worker.report_schema import Report
+
+    report_path, model_path = out / "report.json", out / "model.onnx"
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+        if report_path.is_symlink() or report_path.stat().st_size > MAX_REPORT_BYTES:
+            raise InvalidResultError("report.json is a link or larger than 64 MiB")
+        report = Report.model_validate_json(report_path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise InvalidResultError(f"report.json is missing or invalid: {first_line(e)[:300]}") from e
+    try:
+        if model_path.is_symlink():
+            raise InvalidResultError("model.onnx is a link")
+        model = onnx.load(str(model_path), load_external_data=False)
+        if external_tensors(model):
+            raise InvalidResultError("model.onnx refers to external data")
+        onnx.checker.check_model(model)
+    except InvalidResultError:
+        raise
+    except Exception as e:
+        raise InvalidResultError(
+            f"model.onnx is missing or not a valid ONNX model: {first_line(e)[:300]}"
+        ) from e
+    summary = report.summary.model_dump(mode="json")
+    summary["gates"] = report.gates.model_dump(mode="json")
+    return summary
 
 
 @celery_app.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True)

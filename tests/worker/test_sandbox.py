@@ -19,7 +19,10 @@ from worker.sandbox import Limits
 
 def child(tmp_path: Path, body: str) -> list[str]:
     script = tmp_path / "child.py"
-    script.write_text("import json, os, sys, time, signal\n" + textwrap.dedent(body))
+    script.write_text(
+        "import json, os, sys, time, signal\n"
+        "EVENTS = os.fdopen(int(os.environ['GANCOMPRESS_EVENT_FD']), 'w')\n" + textwrap.dedent(body)
+    )
     return [sys.executable, str(script)]
 
 
@@ -37,7 +40,8 @@ def run(tmp_path: Path, body: str, limits: Limits | None = None, **kw: Any) -> s
 
 
 def emit(obj: str) -> str:
-    return f"print(json.dumps({obj}), flush=True)\n"
+    """A line that writes an event to the event pipe."""
+    return f"print(json.dumps({obj}), file=EVENTS, flush=True)\n"
 
 
 def test_events_and_success(tmp_path: Path) -> None:
@@ -54,6 +58,16 @@ def test_events_and_success(tmp_path: Path) -> None:
     assert out.done == {"event": "done", "summary": {"ssim": 0.9}}
     log = (tmp_path / "log.txt").read_text()
     assert "a stray line from some library" in log and "to stderr" in log
+
+
+def test_a_printed_result_is_log_not_an_event(tmp_path: Path) -> None:
+    """Uploaded code can print (TorchScript's print reaches stdout): it must not forge a result."""
+    forged = '{"event": "done", "summary": {"ssim": 1.0, "speedup": 1000}}'
+    events: list[dict[str, Any]] = []
+    out = run(tmp_path, f"print(json.dumps({forged}), flush=True)\n", events=events)
+    assert out.done is None and events == [] and not out.ok
+    assert out.error is not None and out.error["code"] == "sandbox_crashed"
+    assert '"speedup": 1000' in (tmp_path / "log.txt").read_text()
 
 
 def test_engine_error_event_keeps_its_code(tmp_path: Path) -> None:

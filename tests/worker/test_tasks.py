@@ -18,16 +18,18 @@ import pytest
 from app.jobs import JobState
 from app.settings import Settings
 from app.uploads import UploadRegistry
-from tests.app.files import onnx_bytes
+from tests.app.files import generator_onnx_bytes, onnx_bytes
 from worker import sandbox, tasks
 
 STANDIN = """
-import json, sys, time, pathlib
+import json, os, shutil, sys, time, pathlib
 job = json.loads(pathlib.Path(sys.argv[1]).read_text())
 out = pathlib.Path(sys.argv[2])
 mode = job["spec"].get("seed", 0)
+EVENTS = os.fdopen(int(os.environ["GANCOMPRESS_EVENT_FD"]), "w")
+RESULT = pathlib.Path(__file__).parent / "result"
 def emit(**kw):
-    print(json.dumps(kw), flush=True)
+    print(json.dumps(kw), file=EVENTS, flush=True)
 assert pathlib.Path(job["model"]).read_bytes()[:1] == b"\\x08"
 for i in range(1, 4):
     emit(event="progress", stage="distill", step=i, total=3, loss=1.0 / i)
@@ -39,17 +41,39 @@ if mode == 1:   # run until canceled
 if mode == 2:
     emit(event="error", code="unsupported_op", detail="op Foo")
     sys.exit(3)
-(out / "model.onnx").write_bytes(b"onnx")
-(out / "report.json").write_text(json.dumps({"summary": {"ssim": 0.9}, "gates": {"passed": True, "results": []}}))
+if mode == 3:  # says it succeeded, with a summary it made up and no files
+    emit(event="done", summary={"ssim": 1.0, "speedup": 1000})
+    sys.exit(0)
+shutil.copy(RESULT / "model.onnx", out / "model.onnx")
+shutil.copy(RESULT / "report.json", out / "report.json")
+if mode == 4:  # a model file that is not ONNX
+    (out / "model.onnx").write_bytes(b"onnx")
 print("engine log line", file=sys.stderr)
-emit(event="done", summary={"ssim": 0.9, "gates_passed": True})
+emit(event="done", summary={"ssim": 1.0, "speedup": 1000})
 """
+
+
+def _standin(tmp_path: Path) -> Path:
+    """The stand-in engine script, with a real report.json and ONNX model beside it to hand in."""
+    script = tmp_path / "standin.py"
+    script.write_text(textwrap.dedent(STANDIN))
+    result = tmp_path / "result"
+    result.mkdir()
+    (result / "model.onnx").write_bytes(generator_onnx_bytes())
+    (result / "report.json").write_text(_report(tmp_path).model_dump_json())
+    return script
+
+
+def _report(tmp_path: Path) -> Any:
+    from tests.engine.test_report import build_report
+
+    (tmp_path / "r").mkdir()
+    return build_report(tmp_path / "r")[0]
 
 
 @pytest.fixture
 def svc(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tasks._Services:
-    script = tmp_path / "standin.py"
-    script.write_text(textwrap.dedent(STANDIN))
+    script = _standin(tmp_path)
     monkeypatch.setattr(
         sandbox, "engine_argv", lambda job, out: [sys.executable, str(script), str(job), str(out)]
     )
@@ -83,7 +107,9 @@ def test_success_records_progress_summary_artifacts(svc: tasks._Services) -> Non
     assert tasks.execute(job_id, svc, "w1") == JobState.SUCCEEDED
     t.join()
     rec = svc.jobs.get(job_id)
-    assert rec.summary == {"ssim": 0.9, "gates_passed": True, "gates": {"passed": True, "results": []}}
+    report = json.loads(b"".join(svc.store.iter_bytes(f"jobs/{job_id}/report.json")))
+    assert rec.summary == {**report["summary"], "gates": report["gates"]}  # from the file, not the event
+    assert rec.summary["speedup"] != 1000
     assert rec.artifacts == ["model.onnx", "report.json", "log.txt"] and rec.stage == "done"
     assert rec.worker == "w1" and rec.started_at and rec.finished_at
     assert any(r and r.state == JobState.RUNNING and r.progress.get("step", 0) >= 1 for r in seen)
@@ -136,6 +162,17 @@ def test_engine_error_fails_the_job_with_its_code(svc: tasks._Services) -> None:
     assert svc.jobs.get(job_id).error == {"code": "unsupported_op", "detail": "op Foo"}
 
 
+@pytest.mark.parametrize(
+    ("seed", "what"), [(3, "report.json"), (4, "model.onnx")], ids=["no-files", "not-onnx"]
+)
+def test_a_done_event_without_checked_files_fails_the_job(svc: tasks._Services, seed: int, what: str) -> None:
+    job_id = _job(svc, seed=seed)
+    assert tasks.execute(job_id, svc, "w1") == JobState.FAILED
+    rec = svc.jobs.get(job_id)
+    assert rec.error["code"] == "invalid_result" and what in rec.error["detail"]
+    assert rec.summary is None
+
+
 def test_missing_model_blob_fails_not_crashes(svc: tasks._Services) -> None:
     job_id = _job(svc)
     svc.store.delete_prefix("uploads/")
@@ -167,12 +204,11 @@ def test_worker_with_the_s3_store(
     """Workers on other hosts: model in, artifacts out, through an S3-compatible server."""
     settings.storage_url = "s3://gc-bucket/worker-test"
     settings.s3_endpoint_url = s3_store.client.meta.endpoint_url
-    script = tmp_path / "standin.py"
-    script.write_text(textwrap.dedent(STANDIN))
+    script = _standin(tmp_path)
     monkeypatch.setattr(
         sandbox, "engine_argv", lambda job, out: [sys.executable, str(script), str(job), str(out)]
     )
     svc = tasks._Services(settings)
     job_id = _job(svc)
     assert tasks.execute(job_id, svc, "w-s3") == JobState.SUCCEEDED
-    assert b"".join(svc.store.iter_bytes(f"jobs/{job_id}/model.onnx")) == b"onnx"
+    assert b"".join(svc.store.iter_bytes(f"jobs/{job_id}/model.onnx")) == generator_onnx_bytes()

@@ -1,8 +1,10 @@
 """Sandbox entry point: ``python -m worker.engine.run JOB_JSON OUT_DIR``.
 
 This is the only place where an uploaded model is loaded in the service. The worker runs it in a
-child process with resource limits (worker/sandbox.py) and reads its stdout, one JSON object per
-line:
+child process with resource limits (worker/sandbox.py) and reads its events from the file
+descriptor named by ``GANCOMPRESS_EVENT_FD`` (stdout when unset, for runs by hand), one JSON
+object per line; the child's stdout and stderr are only its log, so a model that prints cannot
+forge an event:
 
 - ``{"event": "progress", "stage", "step", "total", "loss", "eta_seconds", "message"}``
 - ``{"event": "done", "summary": {...}}`` (exit code 0)
@@ -16,23 +18,38 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from worker.errors import BadInputError, GanCompressError
+from worker.sandbox import EVENT_FD_ENV
 from worker.spec import Progress
 from worker.spec_cli import validate_spec
 
 EXIT_BAD_INPUT = 3
 
 
+def _event_stream() -> TextIO:
+    fd = os.environ.pop(EVENT_FD_ENV, None)  # popped: the model's code need not see it
+    return os.fdopen(int(fd), "w", buffering=1) if fd else sys.stdout
+
+
+_EVENTS: TextIO | None = None
+
+
 def _emit(obj: dict[str, object]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+    global _EVENTS
+    if _EVENTS is None:
+        _EVENTS = _event_stream()
+    _EVENTS.write(json.dumps(obj) + "\n")
+    _EVENTS.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _emit_stream_now()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     if len(argv) != 2:
         _emit({"event": "error", "code": "internal_error", "detail": "usage: run JOB_JSON OUT_DIR"})
@@ -66,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(__name__).exception("job.crashed")
         _emit({"event": "error", "code": "internal_error", "detail": f"{type(e).__name__}: {e}"})
         return 1
+
+
+def _emit_stream_now() -> None:
+    """Take the event descriptor before any uploaded code runs (it pops the variable)."""
+    global _EVENTS
+    if _EVENTS is None:
+        _EVENTS = _event_stream()
 
 
 if __name__ == "__main__":

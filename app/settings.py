@@ -6,6 +6,7 @@ and ``gancompress serve`` read the same class, so one environment configures the
 
 from __future__ import annotations
 
+import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -81,13 +82,28 @@ class Settings(BaseSettings):
         return v if not v or v.endswith(":") else v + ":"
 
     def keys(self) -> dict[str, str]:
-        """API keys as ``{key: owner name}``. A bare key is named ``key<n>``."""
+        """API keys as ``{key: owner name}``. A bare key's owner is ``key-`` and the first 12 hex
+        digits of its sha256: stable whatever its position in the list (removing one key never
+        hands its jobs to another). A name given to two keys, or a key given twice, is refused:
+        ``ValueError`` at start."""
         out: dict[str, str] = {}
-        for i, item in enumerate(filter(None, (s.strip() for s in self.api_keys.split(","))), 1):
+        for item in filter(None, (s.strip() for s in self.api_keys.split(","))):
             name, sep, key = item.partition(":")
             if not sep:
-                name, key = f"key{i}", item
-            out[key.strip()] = name.strip()
+                name, key = "key-" + hashlib.sha256(item.encode()).hexdigest()[:12], item
+            name, key = name.strip(), key.strip()
+            if not name or not key:
+                raise ValueError(f"GANCOMPRESS_API_KEYS: {item!r} needs a name and a key (name:key)")
+            if key in out:
+                raise ValueError(
+                    f"GANCOMPRESS_API_KEYS: a key is listed twice (names {out[key]!r}, {name!r})"
+                )
+            if name in out.values():
+                raise ValueError(
+                    f"GANCOMPRESS_API_KEYS: the name {name!r} is given to two keys; each key needs its own "
+                    "name (one owner per key)"
+                )
+            out[key] = name
         return out
 
     def job_limits(self, budget_seconds: float) -> tuple[float, float, float]:

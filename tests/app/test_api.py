@@ -450,6 +450,36 @@ def test_auth_scoping(settings: Settings) -> None:
         assert c.get("/metrics").status_code == 200 and c.get("/v1/catalog").status_code == 200
 
 
+def test_key_owners_do_not_depend_on_position(settings: Settings) -> None:
+    """Removing a bare key must not hand its jobs to the key listed after it."""
+    settings.api_keys = "first-secret,second-secret"
+    with TestClient(create_app(settings)) as c:
+        second = {"Authorization": "Bearer second-secret"}
+        m = onnx_model(c, headers=second)
+        job = c.post("/v1/jobs", json={"model_id": m["id"], "spec": SPEC}, headers=second).json()
+    settings.api_keys = "second-secret"  # the first key was removed: the second is still itself
+    with TestClient(create_app(settings)) as c:
+        assert c.get(f"/v1/jobs/{job['id']}", headers=second).status_code == 200
+    settings.api_keys = "other-secret,second-secret"  # a new key in first place inherits nothing
+    with TestClient(create_app(settings)) as c:
+        assert_problem(
+            c.get(f"/v1/jobs/{job['id']}", headers={"Authorization": "Bearer other-secret"}),
+            404,
+            "job_not_found",
+        )
+
+
+@pytest.mark.parametrize(
+    "keys",
+    ["team:a,team:b", "a:same,b:same", ":nokeyname"],
+    ids=["one-name-two-keys", "key-twice", "empty-name"],
+)
+def test_ambiguous_keys_are_refused_at_start(settings: Settings, keys: str) -> None:
+    settings.api_keys = keys
+    with pytest.raises(ValueError, match="GANCOMPRESS_API_KEYS"):
+        create_app(settings)
+
+
 def test_no_keys_warns_at_start(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING"), TestClient(create_app(settings)) as c:
         assert c.get("/healthz").json() == {"status": "ok", "auth": False}

@@ -54,7 +54,8 @@ app = celery_app  # what `celery -A worker.celery_app` looks for
 
 
 class _Reaper(threading.Thread):
-    """Fails running jobs whose worker stopped sending heartbeats (it crashed or was killed)."""
+    """Fails running jobs whose worker stopped sending heartbeats (it crashed or was killed) and
+    removes the private directories such jobs left behind."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(name="gancompress-reaper", daemon=True)
@@ -67,11 +68,16 @@ class _Reaper(threading.Thread):
 
         jobs = JobStore(redis_from_settings(self.settings), self.settings.redis_prefix)
         interval = max(1.0, min(30.0, self.settings.heartbeat_timeout_seconds / 4))
-        while not self.stop.wait(interval):
+        from worker.tasks import sweep_orphan_dirs
+
+        while True:  # at start, then every interval: dirs of jobs that died with their worker go too
             try:
                 jobs.fail_stale(self.settings.heartbeat_timeout_seconds)
+                sweep_orphan_dirs(self.settings.tmp_dir, jobs)
             except Exception:
                 log.exception("reaper.error")
+            if self.stop.wait(interval):
+                break
 
 
 @signals.worker_ready.connect

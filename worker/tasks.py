@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -173,7 +174,7 @@ def execute(job_id: str, svc: _Services, worker_name: str) -> JobState | None:
 def _run_claimed(rec: JobRecord, svc: _Services) -> JobState:
     settings, jobs, store = svc.settings, svc.jobs, svc.store
     uploads = UploadRegistry(svc.redis, settings.redis_prefix, store)
-    with tempfile.TemporaryDirectory(prefix=f"gancompress-{rec.id}-", dir=settings.tmp_dir) as tmp_name:
+    with tempfile.TemporaryDirectory(prefix=f"{JOB_DIR_PREFIX}{rec.id}-", dir=settings.tmp_dir) as tmp_name:
         tmp = Path(tmp_name)
         inputs, out, home = tmp / "in", tmp / "out", tmp / "home"
         for d in (inputs, out, home):
@@ -229,6 +230,25 @@ def _run_claimed(rec: JobRecord, svc: _Services) -> JobState:
                 progress=progress,
             )  # fmt: skip
         return _finish(jobs, rec.id, JobState.FAILED, error=outcome.error, artifacts=artifacts)
+
+
+JOB_DIR_PREFIX = "gancompress-"  # a job's private directory: gancompress-<job id>-<random>
+
+
+def sweep_orphan_dirs(tmp_dir: Path | None, jobs: JobStore) -> list[str]:
+    """Remove job directories (with the user's uploaded model) that no running job owns: left
+    behind by a worker that was killed. A directory of a job still ``running`` stays (another
+    worker process on this host may be running it). Returns the removed names."""
+    removed = []
+    root = Path(tmp_dir or tempfile.gettempdir())
+    for d in root.glob(f"{JOB_DIR_PREFIX}job_*-*"):
+        job_id = d.name[len(JOB_DIR_PREFIX) :].rsplit("-", 1)[0]
+        rec = jobs.get(job_id)
+        if d.is_dir() and not d.is_symlink() and (rec is None or rec.finished):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d.name)
+            log.info("job.orphan_dir_removed job_id=%s dir=%s", job_id, d)
+    return removed
 
 
 def _finish(jobs: JobStore, job_id: str, state: JobState, **fields: Any) -> JobState:

@@ -212,3 +212,22 @@ def test_worker_with_the_s3_store(
     job_id = _job(svc)
     assert tasks.execute(job_id, svc, "w-s3") == JobState.SUCCEEDED
     assert b"".join(svc.store.iter_bytes(f"jobs/{job_id}/model.onnx")) == generator_onnx_bytes()
+
+
+def test_orphan_job_dirs_are_swept_but_not_a_running_jobs(svc: tasks._Services, tmp_path: Path) -> None:
+    running, finished = _job(svc), _job(svc)
+    svc.jobs.transition(running, JobState.RUNNING, expected=JobState.QUEUED)
+    svc.jobs.transition(finished, JobState.CANCELED, expected=JobState.QUEUED)
+    root = tmp_path / "jobs-tmp"
+    dirs = {
+        name: root / f"gancompress-{job_id}-x1y2"
+        for name, job_id in (("running", running), ("finished", finished), ("unknown", "job_" + "0" * 24))
+    }
+    for d in dirs.values():
+        (d / "in").mkdir(parents=True)
+        (d / "in" / "model.onnx").write_bytes(b"the user's model")
+    (root / "unrelated").mkdir()
+    removed = tasks.sweep_orphan_dirs(root, svc.jobs)
+    assert sorted(removed) == sorted([dirs["finished"].name, dirs["unknown"].name])
+    assert dirs["running"].is_dir() and not dirs["finished"].exists() and not dirs["unknown"].exists()
+    assert (root / "unrelated").is_dir()

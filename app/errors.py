@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from worker.errors import GanCompressError
@@ -197,6 +198,17 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route {request.method} {request.url.path}"
         return problem(exc.status_code, code, title, detail, request.url.path)
+
+    @app.exception_handler(RedisError)
+    async def _redis(request: Request, exc: RedisError) -> JSONResponse:
+        log.error("http.redis_unavailable path=%s error=%s", request.url.path, exc)
+        return problem(
+            503,
+            ServiceUnavailableError.code,
+            ServiceUnavailableError.title,
+            f"the job store (Redis) is unreachable or stalled ({type(exc).__name__}); retry later",
+            request.url.path,
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -11,7 +11,7 @@ def redis_from_settings(settings: Settings) -> Redis:
     return Redis.from_url(
         settings.redis_url,
         decode_responses=True,
-        socket_connect_timeout=5,
-        socket_timeout=30,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        socket_timeout=settings.redis_timeout_seconds,
         health_check_interval=30,
     )

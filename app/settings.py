@@ -29,6 +29,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("GANCOMPRESS_REDIS_URL", "REDIS_URL", "redis_url"),
         description="Redis for job records and the Celery broker. `REDIS_URL` is honored too.",
     )
+    redis_timeout_seconds: float = Field(
+        3.0,
+        gt=0,
+        le=60,
+        description="Connect and read timeout of Redis calls: an unreachable or stalled Redis is a 503 "
+        "with Retry-After after this long, not a hung request.",
+    )
     redis_prefix: str = Field("gc:", description="Prefix of every Redis key this service writes.")
     queue: str = Field("gancompress", description="Celery queue the jobs go to.")
 

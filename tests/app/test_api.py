@@ -537,3 +537,31 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
         assert path in doc["paths"], path
     assert "multipart/form-data" in doc["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
     assert client.get("/docs").status_code == 200
+
+
+def test_a_stalled_redis_is_a_quick_503_with_retry_after(settings: Settings) -> None:
+    """A Redis that accepts connections and never answers (paused, overloaded): 503 + Retry-After
+    after the configured timeout, not a hung request or a 500."""
+    import socket
+    import time
+
+    stalled = socket.socket()
+    stalled.bind(("127.0.0.1", 0))
+    stalled.listen(64)  # connections complete in the backlog; nothing is ever read or answered
+    settings.redis_url = f"redis://127.0.0.1:{stalled.getsockname()[1]}/0"
+    settings.redis_timeout_seconds = 0.5
+    try:
+        with TestClient(create_app(settings)) as c:
+            for call in (
+                lambda: c.get("/v1/jobs/job_x"),
+                lambda: c.post("/v1/jobs", json={"model_id": "mdl_x"}),
+            ):
+                t0 = time.monotonic()
+                r = call()
+                assert time.monotonic() - t0 < 5.0
+                assert "Redis" in assert_problem(r, 503, "service_unavailable")["detail"]
+                assert r.headers["retry-after"].isdigit()
+            ready = c.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["redis"] is False and ready.json()["redis_error"]
+    finally:
+        stalled.close()

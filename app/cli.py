@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from app.client import ApiError, GanCompressClient
-from worker.errors import BadSpecError, GanCompressError
+from worker.errors import BadSpecError, GanCompressError, first_line, out_of_memory
 from worker.spec_cli import add_spec_arguments, parse_calibration, spec_from_args
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
@@ -185,7 +185,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
             summary.setdefault("gates", report["gates"])
         rows = check_fail_if(args.fail_if, summary)
     except GanCompressError as e:
+        if out_of_memory(e):
+            return fail("resource_limit", f"ran out of memory: {first_line(e)[:300]}")
         return fail(e.code, e.detail)
+    except MemoryError:
+        return fail("resource_limit", "ran out of memory")
     print_summary(summary, [*rows, ("output", str(Path(args.out) / "model.onnx"))])
     return gate_exit(summary, rows)
 
@@ -237,7 +241,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         rows = check_fail_if(args.fail_if, summary)
     except GanCompressError as e:
+        if out_of_memory(e):
+            return fail("resource_limit", f"ran out of memory: {first_line(e)[:300]}")
         return fail(e.code, e.detail)
+    except MemoryError:
+        return fail("resource_limit", "ran out of memory")
     print_summary(summary, [*rows, ("job", job["id"])])
     if "report.html" in job.get("artifacts", {}):
         print(f"report: {job['artifacts']['report.html']}")

@@ -134,3 +134,20 @@ def error_from_dict(d: dict[str, object]) -> GanCompressError:
     """Rebuild an error that crossed a process boundary as ``to_dict()`` JSON."""
     cls = ERROR_TYPES.get(str(d.get("code")), GanCompressError)
     return cls(str(d.get("detail", "")))
+
+
+MEMORY_MARKERS = ("can't allocate memory", "out of memory", "cannot allocate memory", "bad_alloc")
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` or anything in its cause / context chain is an allocation failure (a
+    ``MemoryError``, or torch's / ONNX Runtime's "can't allocate memory"), however it was wrapped
+    on the way up (an importer turns any conversion failure into ``unsupported_op``)."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, MemoryError) or any(m in str(cur).lower() for m in MEMORY_MARKERS):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False

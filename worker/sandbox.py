@@ -36,14 +36,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import worker
-from worker.errors import GanCompressError, ResourceLimitError
+from worker.errors import MEMORY_MARKERS, GanCompressError, ResourceLimitError
 
 log = logging.getLogger(__name__)
 
 MAX_LINE = 1024 * 1024
 EVENT_FD_ENV = "GANCOMPRESS_EVENT_FD"  # the child writes its events to this file descriptor
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
-MEMORY_MARKERS = ("can't allocate memory", "out of memory", "cannot allocate memory", "bad_alloc")
 
 
 class SandboxCrashedError(GanCompressError):

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from worker.errors import BadInputError, GanCompressError
+from worker.errors import BadInputError, GanCompressError, ResourceLimitError, first_line, out_of_memory
 from worker.sandbox import EVENT_FD_ENV
 from worker.spec import Progress
 from worker.spec_cli import validate_spec
@@ -72,17 +72,26 @@ def main(argv: list[str] | None = None) -> int:
         )
         _emit({"event": "done", "summary": report["summary"]})
         return 0
-    except GanCompressError as e:
-        logging.getLogger(__name__).warning("job.failed code=%s detail=%s", e.code, e.detail)
+    except Exception as e:
+        if not out_of_memory(e):
+            return _failed(e)
+        logging.getLogger(__name__).warning("job.out_of_memory error=%s", first_line(e))
+        detail = f"the job ran out of memory: {first_line(e)[:300]}"
+        _emit({"event": "error", "code": ResourceLimitError.code, "detail": detail})
+        return 1
+
+
+def _failed(e: Exception) -> int:
+    """The error event for a failure that is not a memory limit; the exit code."""
+    log = logging.getLogger(__name__)
+    if isinstance(e, GanCompressError):
+        log.warning("job.failed code=%s detail=%s", e.code, e.detail)
         _emit({"event": "error", **e.to_dict()})
         return EXIT_BAD_INPUT if isinstance(e, BadInputError) else 1
-    except MemoryError:
-        _emit({"event": "error", "code": "resource_limit", "detail": "the job ran out of memory"})
-        return 1
-    except Exception as e:  # the boundary: anything unexpected becomes a failed job, never a crash
-        logging.getLogger(__name__).exception("job.crashed")
-        _emit({"event": "error", "code": "internal_error", "detail": f"{type(e).__name__}: {e}"})
-        return 1
+    # the boundary: anything unexpected becomes a failed job, never a crash
+    log.error("job.crashed", exc_info=e)
+    _emit({"event": "error", "code": "internal_error", "detail": f"{type(e).__name__}: {e}"})
+    return 1
 
 
 def _emit_stream_now() -> None:

@@ -168,6 +168,15 @@ def test_patches_only_for_models_that_follow_the_input_size(
     patch, note = choose_patch(conv.module, s, conv, 8)
     assert patch == 8 and note is not None and "8x8 crops" in note
     assert choose_patch(conv.module, s, conv, 0) == (None, None)
+    import worker.engine.pipeline as P
+
+    P.MIN_PATCH, old = 8, P.MIN_PATCH  # the automatic choice, as for a 64x64 model
+    try:
+        assert choose_patch(conv.module, s, conv, None, full_size_steps=10_000) == (None, None)  # many steps
+        patch, note = choose_patch(conv.module, s, conv, None, full_size_steps=50)  # few steps: patches
+        assert patch == 8 and "about 50 full-size steps" in str(note)
+    finally:
+        P.MIN_PATCH = old
     s.patch = 8
     assert s.train_batch(3)["image"].shape == (3, 3, 8, 8)
     assert s.heldout(2)["image"].shape == (2, 3, 16, 16)  # held-out stays at the full size

@@ -40,7 +40,7 @@ from worker.spec import (
 log = logging.getLogger(__name__)
 
 MAX_DYNAMIC_SIDE = 256  # crop side for image inputs of symbolic size
-HELDOUT_N = 32  # held-out samples for the quality report (images: all held-out images, cycled)
+HELDOUT_N = 32  # held-out samples for the quality report (images: all held-out images, at most 32)
 ProgressFn = Callable[[Progress], None]
 
 
@@ -196,17 +196,27 @@ def _sensitivity_allocation(
 
 
 MIN_PATCH = 32  # automatic patches: half the input side, never below this
-AUTO_PATCH = False  # whether distill.patch = null trains on patches (see benchmarks/NOTES.md)
+# Automatic patches only where full-size training would get few steps in the budget: at equal
+# wall time, half-size patches won on the 2.3-2.5 GMAC models (59-74 full-size steps: +0.25 and
+# +0.65 dB) and lost on the 17 MMAC U-Net (3335 full-size steps: -4.0 dB, its deep layers need the
+# whole image's context). benchmarks/runs/big/patch-study.
+AUTO_PATCH_MAX_STEPS = 500
 
 
 def choose_patch(
-    teacher: nn.Module, sampler: InputSampler, imported: ImportedModel, asked: int | None
+    teacher: nn.Module,
+    sampler: InputSampler,
+    imported: ImportedModel,
+    asked: int | None,
+    full_size_steps: float = 0.0,
 ) -> tuple[int | None, str | None]:
-    """The training crop side for distillation, and a note for the report. Patches need image
-    inputs and a model whose output follows the input size (fully convolutional): checked by
-    running the teacher at the patch size."""
+    """The training crop side for distillation, and a note for the report. ``asked`` None is
+    automatic: patches of half the input side when full-size training would get fewer than
+    ``AUTO_PATCH_MAX_STEPS`` steps (``full_size_steps``, estimated). Patches need image inputs and
+    a model whose output follows the input size (fully convolutional): checked by running the
+    teacher at the patch size."""
     images = [s for s in imported.inputs.values() if s.distribution == Distribution.CALIBRATION]
-    if asked is None and not AUTO_PATCH:
+    if asked is None and full_size_steps >= AUTO_PATCH_MAX_STEPS:
         return None, None
     if asked == 0 or not images or len(images) != len(imported.inputs):
         return None, None
@@ -232,9 +242,10 @@ def choose_patch(
             None,
             f"trained at the full input size: the output does not follow the input size on {patch}x{patch} crops",
         )
+    why = f"about {full_size_steps:.0f} full-size steps fit the budget, " if asked is None else ""
     return patch, (
-        f"trained on random {patch}x{patch} crops (the model is fully convolutional: more steps per second); "
-        "held-out inputs are scored at the full size"
+        f"trained on random {patch}x{patch} crops ({why}the model is fully convolutional: more steps per "
+        "second); held-out inputs are scored at the full size"
     )
 
 
@@ -531,7 +542,10 @@ def run_pipeline(
         check()
 
     t2 = time.perf_counter()
-    patch, note = choose_patch(teacher, sampler, imported, dspec.patch)
+    # a step: the teacher's forward and the student's forward and backward, about 3 teacher forwards
+    step_seconds = 3 * dspec.batch_size * budget.per_sample_seconds()
+    full_size_steps = budget.distill_seconds() / step_seconds if step_seconds > 0 else math.inf
+    patch, note = choose_patch(teacher, sampler, imported, dspec.patch, full_size_steps)
     distill_notes = [note] if note else []
     sampler.patch = patch
     used_steps = sum(r.steps for r in rounds)

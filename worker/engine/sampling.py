@@ -243,14 +243,15 @@ class InputSampler:
         }
 
     def heldout(self, n: int) -> dict[str, torch.Tensor]:
-        """The fixed held-out set: ``n`` samples (images: all held-out images, repeated if fewer)."""
+        """The fixed held-out set: ``n`` samples, or all held-out images when there are fewer
+        (never repeated: a repeat adds cost, not information)."""
         gen = torch.Generator().manual_seed(self.heldout_seed)
+        if self.heldout_images:
+            n = min(n, min(t.shape[0] for t in self.heldout_images.values()))
         out: dict[str, torch.Tensor] = {}
         for name, spec in self.inputs.items():
             if spec.distribution == Distribution.CALIBRATION:
-                imgs = self.heldout_images[name]
-                reps = -(-n // imgs.shape[0])
-                out[name] = imgs.repeat(reps, 1, 1, 1)[:n]
+                out[name] = self.heldout_images[name][:n]
             else:
                 out[name] = sample_input(spec, n, gen)
         return out

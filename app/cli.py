@@ -18,6 +18,7 @@ import operator
 import os
 import re
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -155,6 +156,7 @@ def gate_exit(summary: dict[str, Any], fail_if_rows: list[tuple[str, str]]) -> i
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    started_at = time.time()  # the budget covers importing torch too: what the user waits for
     from worker.spec import Progress
 
     model = Path(args.model)
@@ -179,6 +181,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
                 calibration=calibration or None,
                 progress=progress,
                 fid_weights=Path(args.fid_weights) if args.fid_weights else None,
+                started_at=started_at,
             )
         summary = dict(report.get("summary") or {})
         if isinstance(report.get("gates"), dict):

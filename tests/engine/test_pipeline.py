@@ -185,3 +185,24 @@ def test_patches_only_for_models_that_follow_the_input_size(
     side = attn.inputs["image"].shape[2]
     patch, note = choose_patch(attn.module, sampler_for(attn, side), attn, side // 2)
     assert patch is None and note is not None and note.startswith("trained at the full input size")
+
+
+def test_structure_passes_run_on_a_small_crop_where_the_model_allows(
+    tiny_onnx: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from tests.engine import wild
+    from worker.engine import pipeline as P
+    from worker.engine.importers import import_model
+
+    monkeypatch.setattr(P, "PROBE_SIDES", (4, 8))
+    conv = import_model(tiny_onnx["resnet"], None)  # fully convolutional, 16x16
+    example = {"image": torch.rand(2, 3, 16, 16) * 2 - 1}
+    small = P.probe_inputs(conv.module, example)
+    assert small["image"].shape == (1, 3, 4, 4)  # the smallest side it runs at
+    attn = import_model(wild.export_onnx("attention", tmp_path / "attn.onnx"), None)  # fixed size
+    example = {"image": torch.rand(2, 3, 8, 8) * 2 - 1}
+    assert P.probe_inputs(attn.module, example)["image"].shape == (1, 3, 8, 8)  # its full size
+    z = {"z": torch.randn(2, 16)}
+    assert P.probe_inputs(import_model(tiny_onnx["dcgan"], None).module, z)["z"].shape == (1, 16)

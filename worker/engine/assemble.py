@@ -212,6 +212,8 @@ def distillation_section(r: PipelineResult, metric: str) -> DistillationSection:
 
 def recovery_section(r: PipelineResult, metric: str) -> RecoverySection | Absent:
     o = r.recovery
+    if o is None and r.recovery_note:
+        return Absent(reason=r.recovery_note)
     if o is None:
         why = (
             "recover.method is 'none'"

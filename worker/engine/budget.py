@@ -15,8 +15,8 @@ PRUNE_SHARE = 0.20  # layer probing + sensitivity allocation
 RECOVER_SHARE = 0.30  # the cheapest quality there is on a CPU: worth more than the steps it displaces
 LATENCY_SHARE = 0.08  # latency rounds in the measure stage
 LATENCY_MIN_SECONDS, LATENCY_MAX_SECONDS = 2.0, 20.0
-FINISH_FIXED_SECONDS = 3.0  # export, onnxslim, checker, report files: the part that does not scale
-FINISH_FORWARDS = 4  # held-out forward passes the finish stages cost (parity, quality x2, memory, ...)
+FINISH_FIXED_SECONDS = 4.0  # export, onnxslim, checker, report files: the part that does not scale
+FINISH_FORWARDS = 6  # held-out forward passes the finish stages cost (parity, quality x2, memory, ...)
 LATENCY_FORWARDS = 300  # single-input forwards of the latency rounds (2 models x 2 thread counts)
 
 

@@ -92,6 +92,7 @@ class PipelineResult:
     budget: Budget
     warnings: list[str] = field(default_factory=list)
     distill_notes: list[str] = field(default_factory=list)
+    recovery_note: str | None = None  # why recovery did not run, when it was asked for
     fid_weights: Path | None = None
 
 
@@ -249,17 +250,55 @@ def choose_patch(
     )
 
 
-def recovery_samples(spec: CompressionSpec, imported: ImportedModel, budget: Budget) -> int:
+PROBE_SIDES = (16, 32)  # image side tried for the cheap structural passes (probing, graph tracing)
+
+
+def probe_inputs(model: nn.Module, example: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One input for the passes that only need the graph's structure (layer probing, Torch-Pruning's
+    tracing, shape checks): image inputs cropped to the smallest of ``PROBE_SIDES`` at which the
+    model runs and its output follows the input size (a 23 GMAC model's probe then costs 1/16 of
+    a forward), else the example's first sample at full size."""
+    one = {k: v[:1] for k, v in example.items()}
+    images = [k for k, v in one.items() if v.dim() == 4 and min(v.shape[-2:]) > 1]
+    if not images:
+        return one
+    full = _forward(model, one)
+    h, w = one[images[0]].shape[-2:]
+    for side in PROBE_SIDES:
+        if any(min(one[k].shape[-2:]) <= side for k in images):
+            continue
+        small = {k: (v[..., :side, :side].contiguous() if k in images else v) for k, v in one.items()}
+        try:
+            out = _forward(model, small)
+        except Exception:  # a fixed-size layer, or too many downsamplings for this side
+            continue
+        expect = (
+            [round(full.shape[2] * side / h), round(full.shape[3] * side / w)] if full.dim() == 4 else None
+        )
+        if (
+            expect is not None
+            and out.dim() == 4
+            and out.shape[:2] == full.shape[:2]
+            and list(out.shape[2:]) == expect
+        ):
+            return small
+    return one
+
+
+MIN_RECOVERY_SAMPLES = 4
+
+
+def recovery_samples(spec: CompressionSpec, imported: ImportedModel, budget: Budget, seconds: float) -> int:
     """Calibration inputs for recovery: the spec's, else 32 images / 256 latents, fewer when two
-    forward passes of them would not fit the recovery share of the budget."""
+    forward passes of them would not fit the ``seconds`` it may take (0: no time for any)."""
     if spec.recover.samples is not None:
         return spec.recover.samples
     images = any(s.distribution == Distribution.CALIBRATION for s in imported.inputs.values())
     n = 32 if images else 256
     per_sample = budget.per_sample_seconds()
     if per_sample > 0:  # two forward passes and the gathering: about 3 forwards per input
-        n = min(n, int(RECOVER_SHARE * budget.total / (3 * per_sample)))
-    return max(8, n)
+        n = min(n, int(seconds / (3 * per_sample)))
+    return n if n >= MIN_RECOVERY_SAMPLES else 0
 
 
 def _recover(
@@ -299,12 +338,16 @@ def compress(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     fid_weights: Path | None = None,
+    started_at: float | None = None,
 ) -> dict[str, Any]:
     """Compress ``model_path`` as ``spec`` asks; write model.onnx, report.json, report.html and
     samples.png to ``out_dir``; return the report as a dict (its ``summary`` is flat numbers).
     ``fid_weights``: a torchvision Inception-v3 state dict; adds FID to the quality section.
-    ``spec.distill.budget_seconds`` bounds the whole call (see ``budget.py``)."""
+    ``spec.distill.budget_seconds`` bounds the whole call (see ``budget.py``), counted from
+    ``started_at`` (a ``time.time()``; entry points pass theirs, so that importing torch counts)."""
     budget = Budget(spec.distill.budget_seconds)
+    if started_at is not None:
+        budget.start -= max(0.0, time.time() - started_at)
     emit = with_job_eta(progress or _noop, budget)
     if fid_weights is not None:
         from worker.engine.fid import load_inception
@@ -388,6 +431,7 @@ def run_pipeline(
     budget.heldout_size = len(teacher_heldout)
     data_range = output_range(teacher_heldout)
     example = sampler.train_batch(2)
+    small = probe_inputs(teacher, example)  # structure-only passes: cheap on big models
     seconds["import"] = time.perf_counter() - t0
     check()
 
@@ -427,7 +471,7 @@ def run_pipeline(
     with recover.track_kept_channels(student) as kept:  # teacher channel ids, for recovery
         if spec.prune.method == PruneMethod.CHANNEL:
             prune_deadline = budget.share_deadline(PRUNE_SHARE)
-            plan = prune.plan_channel_pruning(student, example, spec.prune)
+            plan = prune.plan_channel_pruning(student, small, spec.prune)
             outcome.plan = plan
             ratio = spec.prune.ratio
             alloc = None
@@ -471,7 +515,7 @@ def run_pipeline(
             outcome.ratio_used = ratio
             pruner = prune.make_pruner(
                 student,
-                example,
+                small,
                 spec.prune,
                 plan,
                 0.0 if alloc else float(ratio or 0.5),
@@ -487,7 +531,7 @@ def run_pipeline(
                 step_ratio = (
                     {k: v * f for k, v in alloc.site_ratios().items()} if alloc else float(ratio or 0.5) * f
                 )
-                prune.prune_step(student, example, pruner, plan, step_ratio)
+                prune.prune_step(student, small, pruner, plan, step_ratio)
                 student.zero_grad(set_to_none=True)
                 if i == 0 or n_rounds > 1:
                     emit(
@@ -522,23 +566,32 @@ def run_pipeline(
     check()
 
     recovery: RecoveryOutcome | None = None
+    recovery_note: str | None = None
     if spec.recover.method == RecoveryName.LEAST_SQUARES and spec.prune.method != PruneMethod.UNSTRUCTURED:
         emit(Progress(stage=Stage.RECOVER, message="least-squares refit of each layer"))
         tr = time.perf_counter()
-        batch = sampler.train_batch(recovery_samples(spec, imported, budget))
-        recovery = _recover(
-            teacher,
-            student,
-            outcome.kept_channels,
-            batch,
-            heldout,
-            teacher_heldout,
-            data_range,
-            budget.share_deadline(RECOVER_SHARE),
-            spec.seed,
-        )
-        del batch
-        seconds["recover"] = time.perf_counter() - tr
+        deadline = budget.share_deadline(RECOVER_SHARE)
+        n = recovery_samples(spec, imported, budget, deadline - tr)
+        if n:
+            batch = sampler.train_batch(n)
+            recovery = _recover(
+                teacher,
+                student,
+                outcome.kept_channels,
+                batch,
+                heldout,
+                teacher_heldout,
+                data_range,
+                deadline,
+                spec.seed,
+            )
+            del batch
+            seconds["recover"] = time.perf_counter() - tr
+        else:
+            recovery_note = (
+                f"skipped: {max(0.0, deadline - tr):.0f} s of the budget were left for it, too few for two forward "
+                f"passes of {MIN_RECOVERY_SAMPLES} inputs; a longer budget_seconds lets it run"
+            )
         check()
 
     t2 = time.perf_counter()
@@ -593,4 +646,5 @@ def run_pipeline(
         seconds=seconds,
         budget=budget,
         distill_notes=distill_notes,
+        recovery_note=recovery_note,
     )

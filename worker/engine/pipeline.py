@@ -170,6 +170,10 @@ def _sensitivity_allocation(
     per_sample_seconds: float = 0.0,
 ) -> allocate.Allocation:
     """Per-layer ratios for the MACs that uniform pruning at the ratio leaves (or target_macs)."""
+    if deadline is not None and time.perf_counter() >= deadline:
+        raise allocate.AllocationTimeout(
+            "the pruning stage's share of the budget was spent (on probing the layers) before the trials could start"
+        )
     p = spec.prune
     if p.target_macs is not None:
         prune.check_target_below(p.target_macs, macs_before)

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 RIDGE = 1e-3  # lam = RIDGE * mean diagonal of X^T X (scale-free)
 MAX_ROWS = 8192  # sampled output positions per layer
+WIDE = 1024  # features per group above which a layer gets fewer rows (the Gram matrix costs rows x d^2)
+WIDE_ROWS = 4096
+FLOAT64_GRAM_MAX = 512  # wider Gram matrices are accumulated in float32 (2x faster), solved in float64
 REFITTABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
 
@@ -218,15 +221,16 @@ def ridge_fit(
     d = x.shape[1] // groups
     cog = y.shape[1] // groups
     ws, bs = [], []
+    gram_dtype = torch.float64 if d <= FLOAT64_GRAM_MAX else torch.float32
     for g in range(groups):
-        xg = x[:, g * d : (g + 1) * d].double()
-        yg = y[:, g * cog : (g + 1) * cog].double()
+        xg = x[:, g * d : (g + 1) * d].to(gram_dtype)
+        yg = y[:, g * cog : (g + 1) * cog].to(gram_dtype)
         if with_bias:
             xg = torch.cat([xg, xg.new_ones(p, 1)], dim=1)
-        a = xg.T @ xg
+        a = (xg.T @ xg).double()
         lam = ridge * float(a.diagonal()[:d].mean().clamp_min(1e-12))
         a.diagonal()[:d] += lam
-        sol = torch.linalg.solve(a, xg.T @ yg)  # [D(+1), cog]
+        sol = torch.linalg.solve(a, (xg.T @ yg).double())  # [D(+1), cog]
         ws.append(sol[:d].T)
         if with_bias:
             bs.append(sol[d])
@@ -266,6 +270,16 @@ def refit_layer(
 # --- the two passes -----------------------------------------------------------------------------
 
 
+def rows_for(layer: nn.Module, rows: int) -> int:
+    """Sampled positions for ``layer``: ``rows``, fewer for wide layers (d features per group)."""
+    if isinstance(layer, nn.Linear):
+        d = layer.in_features
+    else:
+        kh, kw = _pair(layer.kernel_size)  # type: ignore[arg-type]
+        d = int(layer.in_channels) // int(layer.groups) * kh * kw  # type: ignore[arg-type]
+    return min(rows, WIDE_ROWS) if d > WIDE else rows
+
+
 def refittable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Layers recovery may refit: plain Conv2d / ConvTranspose2d / Linear whose weight nothing
     else reads (a StyleGAN demodulation reads its modulated conv's weight: both are left)."""
@@ -295,7 +309,7 @@ def _teacher_targets(
             if name in targets:
                 skipped[name] = "runs more than once per forward pass (shared layer)"
                 return
-            pos = sample_positions(out, rows, gen)
+            pos = sample_positions(out, rows_for(teacher.get_submodule(name), rows), gen)
             ids = torch.tensor(kept[name]) if name in kept else None
             y = output_rows(out, pos)
             targets[name] = (pos, y[:, ids] if ids is not None else y.clone())

@@ -206,3 +206,18 @@ def test_structure_passes_run_on_a_small_crop_where_the_model_allows(
     assert P.probe_inputs(attn.module, example)["image"].shape == (1, 3, 8, 8)  # its full size
     z = {"z": torch.randn(2, 16)}
     assert P.probe_inputs(import_model(tiny_onnx["dcgan"], None).module, z)["z"].shape == (1, 16)
+
+
+def test_recovery_inputs_fit_the_time_left_or_recovery_is_skipped(tiny_onnx: dict[str, Path]) -> None:
+    from worker.engine.budget import Budget
+    from worker.engine.importers import import_model
+    from worker.engine.pipeline import MIN_RECOVERY_IMAGES, recovery_samples
+
+    image_model = import_model(tiny_onnx["resnet"], None)
+    spec = CompressionSpec()
+    budget = Budget(120.0, heldout_forward_seconds=1.0, heldout_size=10)  # 0.1 s per input
+    assert recovery_samples(spec, image_model, budget, seconds=100.0) == 32
+    assert recovery_samples(spec, image_model, budget, seconds=3 * 0.1 * 20) == 20
+    assert recovery_samples(spec, image_model, budget, seconds=3 * 0.1 * (MIN_RECOVERY_IMAGES - 1)) == 0
+    asked = CompressionSpec.model_validate({"recover": {"samples": 5}})
+    assert recovery_samples(asked, image_model, budget, seconds=0.0) == 5  # the user's choice stands

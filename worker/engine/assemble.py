@@ -223,7 +223,12 @@ def recovery_section(r: PipelineResult, metric: str) -> RecoverySection | Absent
         return Absent(reason=why)
     res = o.result
     notes = []
-    if not o.kept:
+    if o.unstable:
+        notes.append(
+            "the refit was undone: ONNX Runtime did not reproduce the refitted student on held-out inputs "
+            "(a refit of a deep network can amplify float rounding); distillation started from the pruned weights"
+        )
+    elif not o.kept:
         notes.append(
             f"the refit lowered held-out {metric} from {o.score_before:.4f} to {o.score_after:.4f}, so it was "
             "undone; distillation started from the pruned weights"

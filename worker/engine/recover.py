@@ -40,8 +40,6 @@ log = logging.getLogger(__name__)
 
 RIDGE = 1e-3  # lam = RIDGE * mean diagonal of X^T X (scale-free)
 MAX_ROWS = 8192  # sampled output positions per layer
-WIDE = 1024  # features per group above which a layer gets fewer rows (the Gram matrix costs rows x d^2)
-WIDE_ROWS = 4096
 FLOAT64_GRAM_MAX = 512  # wider Gram matrices are accumulated in float32 (2x faster), solved in float64
 REFITTABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
@@ -270,16 +268,6 @@ def refit_layer(
 # --- the two passes -----------------------------------------------------------------------------
 
 
-def rows_for(layer: nn.Module, rows: int) -> int:
-    """Sampled positions for ``layer``: ``rows``, fewer for wide layers (d features per group)."""
-    if isinstance(layer, nn.Linear):
-        d = layer.in_features
-    else:
-        kh, kw = _pair(layer.kernel_size)  # type: ignore[arg-type]
-        d = int(layer.in_channels) // int(layer.groups) * kh * kw  # type: ignore[arg-type]
-    return min(rows, WIDE_ROWS) if d > WIDE else rows
-
-
 def refittable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Layers recovery may refit: plain Conv2d / ConvTranspose2d / Linear whose weight nothing
     else reads (a StyleGAN demodulation reads its modulated conv's weight: both are left)."""
@@ -309,7 +297,7 @@ def _teacher_targets(
             if name in targets:
                 skipped[name] = "runs more than once per forward pass (shared layer)"
                 return
-            pos = sample_positions(out, rows_for(teacher.get_submodule(name), rows), gen)
+            pos = sample_positions(out, rows, gen)
             ids = torch.tensor(kept[name]) if name in kept else None
             y = output_rows(out, pos)
             targets[name] = (pos, y[:, ids] if ids is not None else y.clone())

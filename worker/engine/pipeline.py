@@ -331,20 +331,14 @@ def _recover(
     res = recover.recover(teacher, student, kept, batch, deadline=deadline, seed=seed)
     after, mse_after = measure()
     keep = after >= score_before
-    unstable = keep and not _exports_faithfully(student, heldout, example_of(heldout))
+    unstable = keep and not _exports_faithfully(student, heldout)
     if not keep or unstable:
         student.load_state_dict(state)
         log.info("recover.undone before=%.4f after=%.4f unstable=%s", score_before, after, unstable)
     return RecoveryOutcome(res, score_before, after, keep and not unstable, mse_before, mse_after, unstable)
 
 
-def example_of(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v[:2] for k, v in batch.items()}
-
-
-def _exports_faithfully(
-    student: nn.Module, heldout: dict[str, torch.Tensor], example: dict[str, torch.Tensor]
-) -> bool:
+def _exports_faithfully(student: nn.Module, heldout: dict[str, torch.Tensor]) -> bool:
     """Whether ONNX Runtime reproduces the refitted student on held-out inputs. A least-squares
     refit of a deep network can have a gain so high that float rounding differences between
     torch and ONNX Runtime grow to visible errors (measured on a 96-layer RRDB): such a refit is
@@ -353,7 +347,7 @@ def _exports_faithfully(
 
     try:
         names = ["out"]
-        model = cleanup(export_onnx(student, example, names, 17))
+        model = cleanup(export_onnx(student, {k: v[:2] for k, v in heldout.items()}, names, 17))
         diff = torch_vs_onnx(student, model, {k: v[:4] for k, v in heldout.items()})
     except Exception as e:  # the real export decides later; this check only guards against gain
         log.info("recover.export_check_skipped error=%s", first_line(e))

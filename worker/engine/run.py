@@ -41,9 +41,8 @@ _EVENTS: TextIO | None = None
 
 
 def _emit(obj: dict[str, object]) -> None:
-    global _EVENTS
-    if _EVENTS is None:
-        _EVENTS = _event_stream()
+    _emit_stream_now()
+    assert _EVENTS is not None
     _EVENTS.write(json.dumps(obj) + "\n")
     _EVENTS.flush()
 

@@ -25,7 +25,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     GANCOMPRESS_STORAGE_URL=/data/artifacts \
     GANCOMPRESS_TMP_DIR=/data/tmp \
     GANCOMPRESS_DATA_DIR=/data/var
-RUN groupadd --system --gid 10001 app \
+# bubblewrap isolates uploaded TorchScript code (worker/engine/convert.py); it needs user
+# namespaces, which a container gets only where its runtime allows them (see README, Security):
+# otherwise the worker says so at start, in /healthz and in every report.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends bubblewrap \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --create-home --home-dir /home/app app \
  && mkdir -p /data/artifacts /data/tmp /data/var \
  && chown -R app:app /data
@@ -45,7 +52,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH 
     GANCOMPRESS_SANDBOX_MEMORY_BYTES=0
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv \
+ && apt-get install -y --no-install-recommends python3 python3-venv bubblewrap \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
 ARG TORCH_CUDA_INDEX_URL=https://download.pytorch.org/whl/cu128

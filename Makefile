@@ -14,12 +14,13 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
-	@# System packages for the browser tests (Chromium) and the compose-file check.
-	@if ! command -v chromium >/dev/null || ! command -v docker-compose >/dev/null; then \
+	@# System packages: the converter sandbox (bubblewrap), the browser tests (Chromium) and the
+	@# compose-file check.
+	@if ! command -v chromium >/dev/null || ! command -v docker-compose >/dev/null || ! command -v bwrap >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	      apt-get install -y -qq chromium chromium-driver docker-compose >/dev/null; \
-	  else echo "note: install chromium and docker-compose (Debian packages) for the browser and deploy tests"; fi; \
+	      apt-get install -y -qq bubblewrap chromium chromium-driver docker-compose >/dev/null; \
+	  else echo "note: install bubblewrap, chromium and docker-compose (Debian packages) for the sandbox, browser and deploy tests"; fi; \
 	fi
 	touch $(STAMP)
 

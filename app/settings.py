@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     sandbox_network: bool = Field(
         False, description="Allow the sandbox network access (default: a new, empty network namespace)."
     )
+    require_isolation: bool = Field(
+        False,
+        description="Refuse TorchScript jobs (`isolation_unavailable`) where the converter sandbox "
+        "(bubblewrap) cannot isolate the model's code; ONNX uploads run no code and are unaffected.",
+    )
     sandbox_threads: int = Field(0, ge=0, description="OMP/MKL threads in the sandbox (0: leave default).")
     kill_grace_seconds: float = Field(5.0, ge=0, description="SIGTERM to SIGKILL delay when stopping a job.")
     heartbeat_timeout_seconds: float = Field(

@@ -8,13 +8,17 @@ result backend, is the source of truth: results are ignored.
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
 import threading
+import time
 from typing import Any
 
 from celery import Celery, signals
 
 from app.settings import Settings, get_settings
+from worker.engine.convert import isolation
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +61,10 @@ class _Reaper(threading.Thread):
     """Fails running jobs whose worker stopped sending heartbeats (it crashed or was killed) and
     removes the private directories such jobs left behind."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, hostname: str) -> None:
         super().__init__(name="gancompress-reaper", daemon=True)
         self.settings = settings
+        self.hostname = hostname
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -74,6 +79,7 @@ class _Reaper(threading.Thread):
             try:
                 jobs.fail_stale(self.settings.heartbeat_timeout_seconds)
                 sweep_orphan_dirs(self.settings.tmp_dir, jobs)
+                publish_isolation(jobs.r, self.settings.redis_prefix, self.hostname)
             except Exception:
                 log.exception("reaper.error")
             if self.stop.wait(interval):
@@ -82,6 +88,24 @@ class _Reaper(threading.Thread):
 
 @signals.worker_ready.connect
 def _start_reaper(sender: Any = None, **_: Any) -> None:
-    settings = sender.app.conf.get("gancompress_settings") if sender is not None else None
-    _Reaper(settings or get_settings()).start()
-    log.info("worker.ready queue=%s", (settings or get_settings()).queue)
+    settings = (sender.app.conf.get("gancompress_settings") if sender is not None else None) or get_settings()
+    hostname = str(getattr(sender, "hostname", None) or socket.gethostname())
+    iso = isolation()
+    _Reaper(settings, hostname).start()
+    log.info("worker.ready queue=%s", settings.queue)
+    if iso["isolated"]:
+        log.info("worker.isolation converter=%s", iso["converter"])
+    else:  # said at start: an operator must know that TorchScript code can read what we can
+        log.warning(
+            "worker.not_isolated detail=%s%s",
+            iso["detail"],
+            " (TorchScript jobs are refused: require_isolation)" if settings.require_isolation else "",
+        )
+
+
+ISOLATION_KEY = "isolation"  # hash under the Redis prefix: worker hostname -> JSON, refreshed by the reaper
+
+
+def publish_isolation(redis: Any, prefix: str, hostname: str) -> None:
+    """Tell the API (``/healthz``) how this worker isolates uploaded TorchScript code."""
+    redis.hset(f"{prefix}{ISOLATION_KEY}", hostname, json.dumps({**isolation(), "seen_at": time.time()}))

@@ -62,6 +62,13 @@ class ConversionError(BadInputError):
     title = "Model could not be converted faithfully"
 
 
+class IsolationUnavailableError(BadInputError):
+    """TorchScript on a worker that cannot isolate its code, where the operator asked to refuse it."""
+
+    code = "isolation_unavailable"
+    title = "This worker cannot isolate TorchScript code"
+
+
 class BadCalibrationError(BadInputError):
     code = "bad_calibration"
     title = "Calibration data cannot be used"

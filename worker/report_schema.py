@@ -61,6 +61,15 @@ class TensorInfo(_Strict):
     dtype: str
 
 
+class CodeIsolation(_Strict):
+    converter: Literal["bubblewrap", "process"] = Field(
+        description="bubblewrap: namespaces, uid nobody, a read-only system view; process: a separate "
+        "process that can read what the worker can read."
+    )
+    isolated: bool
+    detail: str
+
+
 class InputInfo(_Strict):
     file_name: str
     format: ModelFormat
@@ -68,6 +77,11 @@ class InputInfo(_Strict):
     bytes: int = Field(ge=0, description="Uploaded file size in bytes.")
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
+    code_isolation: CodeIsolation | None = Field(
+        None,
+        description="How the model's code was isolated while it was exported to ONNX (TorchScript "
+        "only: importing an ONNX graph runs no code of the model).",
+    )
 
 
 class LayerRow(_Strict):

@@ -36,6 +36,7 @@ from app.storage import ArtifactStore, store_from_settings
 from app.uploads import UploadRegistry, calibration_key, model_key
 from worker import sandbox
 from worker.celery_app import TASK_NAME, celery_app
+from worker.engine.convert import REQUIRE_ENV
 from worker.errors import InvalidResultError, first_line
 from worker.spec import ARTIFACT_NAMES, ModelFormat, Progress
 
@@ -210,7 +211,9 @@ def _run_claimed(rec: JobRecord, svc: _Services) -> JobState:
             workdir=home,
             log_path=log_path,
             limits=limits,
-            env=sandbox.scrubbed_env(home, settings.sandbox_threads),
+            env=sandbox.scrubbed_env(
+                home, settings.sandbox_threads, {REQUIRE_ENV: "1"} if settings.require_isolation else None
+            ),
             on_event=sink,
             should_stop=StopPoller(jobs, rec.id),
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -12,13 +14,15 @@ from starlette.concurrency import run_in_threadpool
 from app.api.uploads import services
 from app.catalog import catalog
 from app.errors import problem
+from worker.celery_app import ISOLATION_KEY
 
 router = APIRouter(tags=["service"])
 
 
 @router.get("/healthz", summary="Alive (and, under `gancompress serve`, its Redis and worker running)")
 def healthz(request: Request) -> Response:
-    body: dict[str, Any] = {"status": "ok", "auth": services(request).keys.enabled}
+    svc = services(request)
+    body: dict[str, Any] = {"status": "ok", "auth": svc.keys.enabled, "isolation": worker_isolation(svc)}
     children = getattr(request.app.state, "children_alive", None)
     if children is not None:
         alive = children()
@@ -28,6 +32,27 @@ def healthz(request: Request) -> Response:
             detail = f"child process(es) not running: {', '.join(dead)}"
             return problem(503, "unhealthy", "Unhealthy", detail, "/healthz", children=alive)
     return JSONResponse(body)
+
+
+ISOLATION_FRESH_SECONDS = 180.0  # workers refresh theirs every 30 s at most
+
+
+def worker_isolation(svc: Any) -> dict[str, Any]:
+    """How each live worker isolates uploaded TorchScript code (what it published), by hostname;
+    ``{"error": ...}`` when Redis cannot be read: liveness does not depend on it."""
+    try:
+        raw = svc.redis.hgetall(f"{svc.settings.redis_prefix}{ISOLATION_KEY}")
+    except Exception as e:
+        return {"error": f"unknown: {type(e).__name__}"}
+    out: dict[str, Any] = {}
+    for host, value in sorted(raw.items()):
+        try:
+            entry = json.loads(value)
+        except ValueError:
+            continue
+        if time.time() - float(entry.pop("seen_at", 0)) <= ISOLATION_FRESH_SECONDS:
+            out[host] = entry
+    return out
 
 
 @router.get("/readyz", summary="Ready: Redis reachable and at least one worker answering")

@@ -482,8 +482,21 @@ def test_ambiguous_keys_are_refused_at_start(settings: Settings, keys: str) -> N
 
 def test_no_keys_warns_at_start(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING"), TestClient(create_app(settings)) as c:
-        assert c.get("/healthz").json() == {"status": "ok", "auth": False}
+        assert c.get("/healthz").json() == {"status": "ok", "auth": False, "isolation": {}}
     assert any("auth.disabled" in r.getMessage() for r in caplog.records)
+
+
+def test_healthz_shows_how_each_live_worker_isolates_torchscript(settings: Settings, redis: Any) -> None:
+    from worker.celery_app import ISOLATION_KEY, publish_isolation
+    from worker.engine.convert import isolation
+
+    publish_isolation(redis, settings.redis_prefix, "celery@live")
+    gone = {"converter": "process", "isolated": False, "detail": "x", "seen_at": 0}
+    redis.hset(f"{settings.redis_prefix}{ISOLATION_KEY}", "celery@gone", json.dumps(gone))
+    with TestClient(create_app(settings)) as c:
+        body = c.get("/healthz").json()
+    assert body["isolation"] == {"celery@live": isolation()}  # a worker not seen for minutes is left out
+    assert body["isolation"]["celery@live"]["isolated"] is True  # bubblewrap works on this host
 
 
 # --- catalog / metrics / health ----------------------------------------------------------------

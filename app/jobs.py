@@ -32,6 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from app.errors import ConflictError, InvalidCursorError
 
@@ -233,6 +234,11 @@ class JobStore:
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.r.hgetall(self.key(job_id))
+        return _decode(raw) if raw else None
+
+    async def aget(self, ar: AsyncRedis, job_id: str) -> JobRecord | None:
+        """``get`` on the event loop, with an asyncio client of the same Redis."""
+        raw = await ar.hgetall(self.key(job_id))
         return _decode(raw) if raw else None
 
     def get_many(self, ids: Iterable[str]) -> list[JobRecord]:

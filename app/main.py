@@ -14,6 +14,8 @@ from fastapi import APIRouter, FastAPI
 
 from app.api import health, jobs, ui, uploads
 from app.errors import install_error_handlers
+from app.metrics import MetricsMiddleware
+from app.redis_client import async_redis_from_settings
 from app.services import Services
 from app.settings import Settings, get_settings
 
@@ -39,8 +41,13 @@ def create_app(settings: Settings | None = None, routers: list[APIRouter] | None
                 "anyone who reaches this port can use the service"
             )
         log.info("api.started storage=%s queue=%s", settings.storage_url, settings.queue)
-        yield
-        svc.redis.close()
+        svc.aredis = async_redis_from_settings(settings)
+        try:
+            yield
+        finally:
+            await svc.aredis.aclose()
+            svc.aredis = None
+            svc.redis.close()
 
     app = FastAPI(
         title="gancompress",
@@ -51,7 +58,7 @@ def create_app(settings: Settings | None = None, routers: list[APIRouter] | None
         openapi_url="/openapi.json",
     )
     app.state.services = svc
-    app.middleware("http")(svc.metrics.middleware)
+    app.add_middleware(MetricsMiddleware, metrics=svc.metrics)
     install_error_handlers(app)
     for router in ROUTERS + (routers or []):
         app.include_router(router)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from app.auth import ApiKeys
 from app.jobs import JobStore
@@ -28,6 +29,7 @@ class Services:
     submitter: JobSubmitter
     keys: ApiKeys
     metrics: Metrics
+    aredis: AsyncRedis | None = None  # made in the app's lifespan, on its event loop
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

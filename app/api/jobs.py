@@ -79,6 +79,15 @@ def _job(svc: Services, owner: str, job_id: str) -> JobRecord:
     return rec
 
 
+async def _job_async(svc: Services, owner: str, job_id: str) -> JobRecord:
+    if svc.aredis is None:  # no lifespan (an app used without starting it): the thread pool
+        return await run_in_threadpool(_job, svc, owner, job_id)
+    rec = await svc.jobs.aget(svc.aredis, job_id) if job_id.startswith("job_") and len(job_id) < 64 else None
+    if rec is None or rec.owner != owner:
+        raise JobNotFoundError(f"no job {job_id!r}")
+    return rec
+
+
 def _accepted(rec: JobRecord, request: Request, replayed: bool = False) -> JSONResponse:
     svc = services(request)
     headers = {"Location": f"/v1/jobs/{rec.id}", "Retry-After": str(svc.settings.retry_after_seconds)}
@@ -224,9 +233,10 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     summary="A job's state, progress, summary and artifact URLs (ETag; If-None-Match gives 304)",
     responses={304: {"description": "Not modified"}},
 )
-def get_job(request: Request, job_id: str, owner: Owner) -> Response:
+async def get_job(request: Request, job_id: str, owner: Owner) -> Response:
+    """On the event loop (the status poll is the hottest route): one HGETALL on the async client."""
     svc = services(request)
-    body = job_out(_job(svc, owner, job_id), request)
+    body = job_out(await _job_async(svc, owner, job_id), request)
     etag = _etag(body)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if body["state"] in (JobState.QUEUED, JobState.RUNNING):

@@ -143,7 +143,13 @@ def error_from_dict(d: dict[str, object]) -> GanCompressError:
     return cls(str(d.get("detail", "")))
 
 
-MEMORY_MARKERS = ("can't allocate memory", "out of memory", "cannot allocate memory", "bad_alloc")
+MEMORY_MARKERS = (
+    "can't allocate memory",
+    "out of memory",
+    "cannot allocate memory",
+    "bad_alloc",
+    "failed to allocate memory",  # ONNX Runtime
+)
 
 
 def out_of_memory(e: BaseException) -> bool:

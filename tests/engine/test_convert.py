@@ -196,8 +196,8 @@ def test_refused_when_isolation_is_required_but_missing(
 
 
 def test_a_model_that_never_returns_is_stopped(tmp_path: Path) -> None:
-    with pytest.raises(ResourceLimitError, match="took over 20 s"):
-        convert.torchscript_to_onnx(_save(Spinner(), tmp_path / "spin.pt"), INPUTS, 17, timeout=20)
+    with pytest.raises(ResourceLimitError, match="took over 8 s"):
+        convert.torchscript_to_onnx(_save(Spinner(), tmp_path / "spin.pt"), INPUTS, 17, timeout=8)
 
 
 def test_a_broken_archive_is_corrupt_model(tmp_path: Path) -> None:
@@ -220,3 +220,20 @@ def test_the_converter_status_is_checked(tmp_path: Path, status: dict[str, str],
     p.write_text(json.dumps(status))
     got = convert._read_status(p)
     assert (got and got["code"]) == code
+
+
+class Bomb(nn.Module):
+    """Asks for 50 GiB in ``forward``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        big = torch.ones([53687091200], dtype=torch.uint8)  # 50 GiB
+        return self.conv(x) + big[:1].float()
+
+
+def test_a_memory_bomb_is_resource_limit(tmp_path: Path) -> None:
+    with pytest.raises(ResourceLimitError, match="out of memory"):
+        convert.torchscript_to_onnx(_save(Bomb(), tmp_path / "bomb.pt"), INPUTS, 17, memory_bytes=6 * 1024**3)

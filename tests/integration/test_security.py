@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.engine.test_convert import Reader, Writer
+from tests.engine.test_convert import Bomb, Reader, Writer
 from tests.integration.conftest import Service, wait_for
 
 pytestmark = pytest.mark.integration
@@ -75,3 +75,56 @@ def test_a_model_cannot_overwrite_another_upload(service: Service, tmp_path: Pat
     job = got["job"]
     assert job["state"] == "failed" and job["error"]["code"] == "unsupported_op", job  # type: ignore[index]
     assert victim.read_bytes() == data
+
+
+class Forger(torch.nn.Module):
+    """Prints a forged ``done`` event (what the engine's events looked like on stdout), then works."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.out = torch.nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        print('{"event": "done", "summary": {"ssim": 1.0, "speedup": 1000.0, "gates_passed": true}}')
+        return torch.tanh(self.out(torch.relu(self.conv(x))))
+
+
+def test_a_model_cannot_forge_its_result(service: Service, tmp_path: Path) -> None:
+    got = _attack(service, Forger(), tmp_path)
+    job = got["job"]
+    assert job["state"] == "succeeded", job
+    assert job["summary"]["speedup"] != 1000.0 and job["summary"]["ssim"] < 1.0  # type: ignore[index]
+    assert b'"speedup": 1000.0' in got["log"]  # what it printed is in the log, as untrusted text
+
+
+def test_a_memory_bomb_is_resource_limit(service: Service, tmp_path: Path) -> None:
+    """50 GiB asked for inside forward, under the worker's default address-space limit (8 GiB)."""
+    job = _attack(service, Bomb(), tmp_path)["job"]
+    assert job["state"] == "failed" and job["error"]["code"] == "resource_limit", job  # type: ignore[index]
+
+
+def _expand_bomb() -> bytes:
+    """An ONNX graph whose Expand asks for 51 GiB per sample, then averages it back to its input."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [5], [2**26, 1, 1, 1, 1])
+    nodes = [
+        helper.make_node("Expand", ["x", "shape"], ["big"]),
+        helper.make_node("ReduceMean", ["big"], ["y"], axes=[0], keepdims=0),
+    ]
+    graph = helper.make_graph(nodes, "bomb", [x], [y], initializer=[shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return model.SerializeToString()
+
+
+def test_an_onnx_memory_bomb_is_resource_limit(service: Service) -> None:
+    with service.client() as c:
+        up = c.post("/v1/models", files={"file": ("bomb.onnx", _expand_bomb())})
+        assert up.status_code == 201, up.text
+        r = c.post("/v1/jobs", json={"model_id": up.json()["id"], "spec": SPEC})
+        assert r.status_code == 202, r.text
+        job = wait_for(c, r.json()["id"], ("succeeded", "failed", "canceled"))
+    assert job["state"] == "failed" and job["error"]["code"] == "resource_limit", job["error"]

@@ -171,10 +171,16 @@ def require_isolation() -> bool:
 
 
 def torchscript_to_onnx(
-    path: Path, inputs: dict[str, Any], opset: int, timeout: float = TIMEOUT_SECONDS
+    path: Path,
+    inputs: dict[str, Any],
+    opset: int,
+    timeout: float = TIMEOUT_SECONDS,
+    memory_bytes: int | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """Export the TorchScript archive at ``path`` to ONNX in the converter sandbox. Returns the
-    serialized ONNX model and what ``isolation()`` said. ``inputs``: InputSpec dicts (JSON form)."""
+    serialized ONNX model and what ``isolation()`` said. ``inputs``: InputSpec dicts (JSON form).
+    The converter inherits the caller's resource limits; ``memory_bytes`` lowers its address space
+    further."""
     iso = isolation()
     if not iso["isolated"] and require_isolation():
         raise IsolationUnavailableError(
@@ -209,7 +215,7 @@ def torchscript_to_onnx(
         try:
             res = subprocess.run(
                 argv, cwd=work, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_limit_memory(memory_bytes) if memory_bytes else None,
             )  # fmt: skip
         except subprocess.TimeoutExpired as e:
             raise ResourceLimitError(
@@ -239,6 +245,17 @@ def torchscript_to_onnx(
             f"the TorchScript converter exited with code {res.returncode} without a model: "
             f"{first_line(chatter.strip().splitlines()[-1] if chatter.strip() else '')}"
         )
+
+
+def _limit_memory(n: int) -> Any:
+    def setup() -> None:  # between fork and exec
+        import resource
+
+        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = n if hard == resource.RLIM_INFINITY else min(n, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+    return setup
 
 
 def _read_status(path: Path) -> dict[str, str] | None:
@@ -339,10 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         req = json.loads(spec.read_text())
         data = _export(model, req["inputs"], int(req["opset"]))
     except Exception as e:
-        if isinstance(e, GanCompressError):
+        if out_of_memory(e):  # first: an export failure caused by an allocation is a limit
+            status = {"code": ResourceLimitError.code, "detail": f"out of memory: {_reason(e)[:300]}"}
+        elif isinstance(e, GanCompressError):
             status = {"code": e.code, "detail": e.detail}
-        elif out_of_memory(e):
-            status = {"code": ResourceLimitError.code, "detail": f"out of memory: {first_line(e)[:300]}"}
         else:
             status = {"code": ConversionError.code, "detail": f"{type(e).__name__}: {first_line(e)}"}
         (out / "status.json").write_text(json.dumps(status))

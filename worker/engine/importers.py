@@ -218,13 +218,15 @@ def merge_inputs(
 
 
 def torchscript_to_onnx(
-    path: Path, inputs: dict[str, InputSpec], opset: int = CONVERT_OPSET
+    path: Path, inputs: dict[str, InputSpec], opset: int = CONVERT_OPSET, timeout: float | None = None
 ) -> tuple[onnx.ModelProto, dict[str, object]]:
     """Export a TorchScript archive to ONNX in the converter sandbox (convert.py: the uploaded code
     runs there and nowhere else). Returns the graph and how the converter was isolated."""
+    from worker.engine.convert import TIMEOUT_SECONDS
     from worker.engine.convert import torchscript_to_onnx as convert
 
-    data, isolation = convert(path, {k: v.model_dump(mode="json") for k, v in inputs.items()}, opset)
+    specs = {k: v.model_dump(mode="json") for k, v in inputs.items()}
+    data, isolation = convert(path, specs, opset, timeout=timeout or TIMEOUT_SECONDS)
     try:
         return onnx.load_from_string(data), isolation
     except Exception as e:
@@ -714,9 +716,13 @@ def _mismatch(diff: float) -> ConversionError:
 
 
 def import_model(
-    path: Path, user_inputs: dict[str, InputSpec] | None, log_fn: Callable[[str], None] | None = None
+    path: Path,
+    user_inputs: dict[str, InputSpec] | None,
+    log_fn: Callable[[str], None] | None = None,
+    convert_timeout: float | None = None,
 ) -> ImportedModel:
-    """Load ``path`` (either format) as a trainable module that matches the original."""
+    """Load ``path`` (either format) as a trainable module that matches the original.
+    ``convert_timeout``: wall clock of the TorchScript converter (a model that never returns)."""
     from worker.engine.batching import fixed_batch
 
     fmt = sniff_format(path)
@@ -724,7 +730,7 @@ def import_model(
     isolation: dict[str, object] | None = None
     if fmt == ModelFormat.TORCHSCRIPT:
         inputs = merge_inputs(None, user_inputs)
-        model, isolation = torchscript_to_onnx(path, inputs)
+        model, isolation = torchscript_to_onnx(path, inputs, timeout=convert_timeout)
         notes.append(
             "TorchScript was exported to ONNX (opset 17, TorchScript exporter) in the converter sandbox "
             f"({isolation['converter']}) before conversion."

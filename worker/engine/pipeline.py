@@ -445,7 +445,8 @@ def run_pipeline(
             raise CanceledError("canceled")
 
     emit(Progress(stage=Stage.IMPORT, message="converting the model"))
-    imported = import_model(model_path, spec.inputs)
+    # a model whose forward never returns must not outlive the budget by more than a minute
+    imported = import_model(model_path, spec.inputs, convert_timeout=max(60.0, spec.distill.budget_seconds))
     arrays = _load_calibrations(imported, calibration or {})
     if dynamic_spatial_inputs(imported.onnx_model) & set(arrays):
         check_inputs(imported)  # symbolic H, W now at the calibration size: the model must run there

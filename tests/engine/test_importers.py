@@ -206,6 +206,21 @@ def test_opset_out_of_range(tmp_path: Path) -> None:
         import_model(path, None)
 
 
+def test_a_graph_with_the_newest_ir_version_imports(tmp_path: Path) -> None:
+    """onnx.helper writes IR 14 (onnx 1.23), which ONNX Runtime refuses: it was reported as a
+    missing input spec. An opset 17 graph needs nothing newer than IR 10."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], np.eye(4, dtype=np.float32).ravel().tolist())
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], initializer=[w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    assert m.ir_version > 10
+    path = tmp_path / "ir.onnx"
+    onnx.save(m, str(path))
+    imported = import_model(path, None)
+    assert imported.onnx_model.ir_version == 10 and imported.parity_max_abs_diff <= PARITY_TOLERANCE
+
+
 class _ListSkips(torch.nn.Module):
     """Keeps skip tensors in a Python list, as scripted U-Nets do (TorchScript -> ONNX sequences)."""
 

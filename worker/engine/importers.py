@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-4
 MIN_OPSET, MAX_OPSET = 13, 21
+GRAPH_IR_VERSION = 10  # the IR version of the opset 21 release: enough for every supported graph
 # onnx2torch knows these opsets best; newer graphs are converted down first (DESIGN §5).
 CONVERT_OPSET = 17
 
@@ -124,6 +125,11 @@ def load_onnx(path: Path) -> onnx.ModelProto:
         raise UnsupportedOpError(
             f"opset {opset} is not supported; supported opsets: {MIN_OPSET} to {MAX_OPSET}"
         )
+    if model.ir_version > GRAPH_IR_VERSION:
+        # onnx.helper writes its newest IR version (14 with onnx 1.23), which ONNX Runtime refuses;
+        # a graph of opset <= 21 uses nothing newer than IR 10 (the opset 21 release)
+        log.info("import.ir_version from=%d to=%d", model.ir_version, GRAPH_IR_VERSION)
+        model.ir_version = GRAPH_IR_VERSION
     return model
 
 

@@ -63,10 +63,21 @@ def _job(redis_url: str, prefix: str) -> str:
     return rec.id
 
 
-def _serve(app: str, env: dict[str, str], port: int, factory: bool) -> subprocess.Popen[bytes]:
+# name -> (ASGI app, factory, extra uvicorn flags). "ours" is `gancompress serve` (no access log);
+# "ours + access log" is the Docker image's CMD (uvicorn's default INFO access log, to /dev/null here).
+SERVERS: dict[str, tuple[str, bool, list[str]]] = {
+    "ours": ("app.main:create_app", True, ["--no-access-log"]),
+    "ours + access log": ("app.main:create_app", True, []),
+    "floor": ("benchmarks.status_floor:app", False, ["--no-access-log"]),
+}
+
+
+def _serve(
+    app: str, env: dict[str, str], port: int, factory: bool, flags: list[str]
+) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--factory"] if factory else []
-    argv += ["--log-level", "warning"]
+    argv += flags
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -132,15 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         BENCH_FLOOR_KEY=f"{prefix}job:",
     )  # fmt: skip
     job_id = _job(args.redis_url, prefix)
-    rows: dict[str, list[dict[str, float]]] = {"ours": [], "floor": []}
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in SERVERS}
     procs = {}
     try:
-        for name, app, factory in (
-            ("ours", "app.main:create_app", True),
-            ("floor", "benchmarks.status_floor:app", False),
-        ):
+        for name, (app, factory, flags) in SERVERS.items():
             port = _free_port()
-            procs[name] = (_serve(app, env, port, factory), port)
+            procs[name] = (_serve(app, env, port, factory, flags), port)
             url = f"http://127.0.0.1:{port}/v1/jobs/{job_id}"
             r = httpx.get(url, headers={"Authorization": f"Bearer {KEY}"})
             assert r.status_code == 200 and r.json()["id"] == job_id, r.text
@@ -164,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         f"# Status polling under load ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
         f"`python -m benchmarks.status_load --connections {args.connections} --seconds {args.seconds} "
-        f"--rounds {args.rounds}`; {os.cpu_count()} cores shared by the server (one uvicorn process, as "
-        "shipped) and wrk (2 threads); GET /v1/jobs/{id} of a running job with an API key; medians of "
-        "the rounds, ours and the floor alternating.",
+        f"--rounds {args.rounds}`; {os.cpu_count()} cores shared by the server (one uvicorn process, "
+        "uvloop + httptools) and wrk (2 threads); GET /v1/jobs/{id} of a running job with an API key; "
+        "medians of the rounds, the servers alternating. ours: `gancompress serve` (no access log); "
+        "ours + access log: the Docker image's CMD; floor: a bare Starlette route returning the same "
+        "Redis hash as JSON (no auth, validation or metrics).",
         "",
         "| server | requests/s | p50 ms | p90 ms | p99 ms | errors (non-2xx, socket) |",
         "|---|---|---|---|---|---|",

@@ -121,15 +121,6 @@ class UnsupportedMediaTypeError(HttpError):
     title = "Unsupported Content-Type"
 
 
-class ExternalDataError(HttpError):
-    """ONNX whose tensors live in side files: the upload is one file, so they would be missing
-    (and a path in the model must never be followed)."""
-
-    code = "external_data"
-    status = 422
-    title = "ONNX external data is not supported"
-
-
 class ServiceUnavailableError(HttpError):
     code = "service_unavailable"
     status = 503

@@ -1,10 +1,11 @@
 """Decide what an uploaded file is from its content, never from its name (torch-free).
 
-- Model: a zip (``PK\\x03\\x04``) with TorchScript's layout (``<dir>/data.pkl`` plus
-  ``<dir>/constants.pkl`` or ``<dir>/code/``) is TorchScript; otherwise an ONNX ``ModelProto`` that
-  parses, has a graph with nodes and keeps no tensor in external files is ONNX; anything else is
-  ``415 unsupported_format``. A file that starts like one of them but is cut short is
-  ``422 corrupt_model``. The ONNX graph's inputs (names, shapes, dtypes) are returned.
+- Model: the rules of ``worker/model_checks.py``, which the engine applies too (so the API and the
+  engine accept and refuse the same files for the same stated reason): TorchScript's zip layout,
+  or an ONNX ``ModelProto`` with a graph, no external data, accepted by ``onnx.checker``, opset 13-21;
+  anything else is ``415 unsupported_format`` (``422`` ``corrupt_model``, ``external_data`` or
+  ``unsupported_op`` for the ones that are models but cannot be used). The ONNX graph's inputs
+  (names, shapes, dtypes) are returned.
 - Calibration: ``.npy`` (magic ``\\x93NUMPY``), ``.npz`` (a zip of ``.npy``) or a zip of images.
 
 Nothing here executes or unpickles the upload: zips are only listed, ``.npy`` headers only parsed,
@@ -13,22 +14,18 @@ ONNX only decoded as protobuf (after the upload's size was checked).
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from app.errors import ExternalDataError
-from worker.errors import BadCalibrationError, CorruptModelError, UnsupportedFormatError
-from worker.onnx_checks import external_tensors
+from worker import model_checks
+from worker.errors import BadCalibrationError
 from worker.spec import ModelFormat, default_distribution
 
-ZIP_MAGIC = b"PK\x03\x04"
+ZIP_MAGIC = model_checks.ZIP_MAGIC
 NPY_MAGIC = b"\x93NUMPY"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-MAX_ZIP_ENTRIES = 100_000
-MAX_EXPANSION = 20  # a zip that claims to unpack to more than 20x its size is refused
 
 
 class InputInfo(BaseModel):
@@ -57,85 +54,12 @@ class CalibrationInfo(BaseModel):
 
 
 def sniff_model(path: Path) -> ModelInfo:
-    """Identify an uploaded model file; raises UnsupportedFormatError / CorruptModelError /
-    ExternalDataError."""
-    with path.open("rb") as fh:
-        head = fh.read(16)
-    if not head:
-        raise UnsupportedFormatError("the file is empty")
-    if head.startswith(ZIP_MAGIC):
-        _check_torchscript(path)
+    """Identify an uploaded model file by the engine's own rules (``worker.model_checks``); raises
+    UnsupportedFormatError / CorruptModelError / ExternalDataError / UnsupportedOpError."""
+    if model_checks.is_zip(path):
+        model_checks.check_torchscript(path)
         return ModelInfo(format=ModelFormat.TORCHSCRIPT)
-    return ModelInfo(format=ModelFormat.ONNX, inputs=_inspect_onnx(path, head))
-
-
-def _open_zip(path: Path, error: type[Exception], what: str) -> zipfile.ZipFile:
-    try:
-        zf = zipfile.ZipFile(path)
-        infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as e:
-        raise error(f"{what} is a damaged or truncated zip: {e}") from e
-    if len(infos) > MAX_ZIP_ENTRIES:
-        raise error(f"{what} has too many entries ({len(infos)})")
-    size = path.stat().st_size
-    if sum(i.file_size for i in infos) > MAX_EXPANSION * max(size, 1024 * 1024):
-        raise error(f"{what} expands to far more than its size (a zip bomb?)")
-    return zf
-
-
-def _check_torchscript(path: Path) -> None:
-    with _open_zip(path, CorruptModelError, "the TorchScript archive") as zf:
-        names = zf.namelist()
-    tops = {n.split("/", 1)[0] for n in names if "/" in n}
-    for top in tops:
-        has_data = f"{top}/data.pkl" in names
-        has_code = f"{top}/constants.pkl" in names or any(n.startswith(f"{top}/code/") for n in names)
-        if has_data and has_code:
-            return
-        if has_data:
-            raise UnsupportedFormatError(
-                "this zip is a torch.save() checkpoint, not TorchScript: export the generator with "
-                "torch.jit.script/trace and torch.jit.save, or as ONNX"
-            )
-    raise UnsupportedFormatError(
-        "a zip file but not a TorchScript archive (no data.pkl + code/ or constants.pkl); "
-        "supported formats: TorchScript (.pt from torch.jit.save) and ONNX"
-    )
-
-
-def _looks_like_onnx(head: bytes) -> bool:
-    """ModelProto starts with field 1 (ir_version, varint) in every writer we know of."""
-    return len(head) >= 2 and head[0] == 0x08 and 1 <= head[1] <= 20
-
-
-def _inspect_onnx(path: Path, head: bytes) -> list[InputInfo]:
-    import onnx  # protobuf only; never onnxruntime in the API
-    from google.protobuf.message import DecodeError
-
-    try:
-        model = onnx.load_model(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, OSError, UnicodeDecodeError) as e:
-        if _looks_like_onnx(head):
-            raise CorruptModelError(f"the ONNX file cannot be decoded (truncated?): {e}") from e
-        raise UnsupportedFormatError(
-            "neither a TorchScript archive nor an ONNX model; supported formats: "
-            "TorchScript (.pt from torch.jit.save) and ONNX"
-        ) from e
-    if model.ir_version <= 0 or not model.graph.node or not model.graph.output:
-        if _looks_like_onnx(head):
-            raise CorruptModelError("the ONNX model has no graph (no nodes or no outputs)")
-        raise UnsupportedFormatError(
-            "neither a TorchScript archive nor an ONNX model; supported formats: "
-            "TorchScript (.pt from torch.jit.save) and ONNX"
-        )
-    external = external_tensors(model)
-    if external:
-        raise ExternalDataError(
-            f"{len(external)} tensor(s) (e.g. {external[0]!r}) are stored in external files; "
-            "save the model as one file (onnx.save(model, path, save_as_external_data=False))",
-            tensors=external[:20],
-        )
-    return _inputs(model.graph)
+    return ModelInfo(format=ModelFormat.ONNX, inputs=_inputs(model_checks.load_onnx(path).graph))
 
 
 def _inputs(graph: Any) -> list[InputInfo]:
@@ -188,7 +112,7 @@ def sniff_calibration(path: Path) -> CalibrationInfo:
         raise BadCalibrationError(
             "calibration must be a .npy array, an .npz archive or a .zip of images (PNG/JPEG/...)"
         )
-    with _open_zip(path, BadCalibrationError, "the calibration archive") as zf:
+    with model_checks.open_zip(path, BadCalibrationError, "the calibration archive") as zf:
         files = [i for i in zf.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX/")]
         npys = [i for i in files if i.filename.endswith(".npy")]
         images = [i for i in files if i.filename.lower().endswith(IMAGE_SUFFIXES)]

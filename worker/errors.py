@@ -62,6 +62,14 @@ class ConversionError(BadInputError):
     title = "Model could not be converted faithfully"
 
 
+class ExternalDataError(BadInputError):
+    """ONNX whose tensors live in side files: the upload is one file, so they would be missing
+    (and a path in the model must never be followed)."""
+
+    code = "external_data"
+    title = "ONNX external data is not supported"
+
+
 class IsolationUnavailableError(BadInputError):
     """TorchScript on a worker that cannot isolate its code, where the operator asked to refuse it."""
 

@@ -290,7 +290,7 @@ def checked_summary(out: Path) -> dict[str, Any]:
     ``InvalidResultError``."""
     import onnx
 
-    from worker.onnx_checks import external_tensors
+    from worker.model_checks import external_tensors
     from worker.report_schema import Report
 
     report_path, model_path = out / "report.json", out / "model.onnx"

@@ -45,7 +45,7 @@ def onnx_bytes(
         nodes,
         "g",
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))],
-        [helper.make_tensor_value_info("img", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 3, "H", "W"])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import ExternalDataError
 from app.sniff import sniff_calibration, sniff_model
 from tests.app.files import image_zip, npy_bytes, onnx_bytes, torchscript_zip
-from worker.errors import BadCalibrationError, CorruptModelError, UnsupportedFormatError
+from worker.errors import BadCalibrationError, CorruptModelError, ExternalDataError, UnsupportedFormatError
 
 
 def _file(tmp_path: Path, data: bytes) -> Path:
@@ -35,7 +34,7 @@ def test_torchscript_layout(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("data", "error"),
     [
-        (b"", UnsupportedFormatError),
+        (b"", CorruptModelError),
         (b"\x08\x07" + b"\xff" * 50, CorruptModelError),
         (b"PK\x03\x04" + b"\x00" * 100, CorruptModelError),
         (torchscript_zip(layout="checkpoint"), UnsupportedFormatError),

@@ -24,6 +24,7 @@ from worker.engine.importers import (
 from worker.engine.prune import prunable_layers, require_eager
 from worker.errors import (
     CorruptModelError,
+    ExternalDataError,
     MissingInputSpecError,
     PruningError,
     UnsupportedFormatError,
@@ -156,6 +157,7 @@ def test_torchscript_zip_with_garbage_inside(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     with zipfile.ZipFile(bad, "w") as zf:
         zf.writestr("archive/data.pkl", b"definitely not a pickle")
+        zf.writestr("archive/constants.pkl", b"nor this")
     with pytest.raises(CorruptModelError, match="TorchScript"):
         import_model(bad, {"z": InputSpec(shape=[1, 16])})
 
@@ -191,7 +193,7 @@ def test_external_data_is_refused(tmp_path: Path) -> None:
         location="w.bin",
         size_threshold=0,
     )
-    with pytest.raises(CorruptModelError, match="external data"):
+    with pytest.raises(ExternalDataError, match="external files"):
         import_model(path, None)
 
 

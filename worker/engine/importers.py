@@ -31,21 +31,18 @@ import torch
 from onnx import TensorProto, numpy_helper
 from torch import fx, nn
 
+from worker import model_checks
 from worker.errors import (
     ConversionError,
-    CorruptModelError,
     MissingInputSpecError,
-    UnsupportedFormatError,
     UnsupportedOpError,
     first_line,
 )
-from worker.onnx_checks import external_tensors
 from worker.spec import Distribution, InputSpec, ModelFormat, default_distribution
 
 log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-4
-MIN_OPSET, MAX_OPSET = 13, 21
 GRAPH_IR_VERSION = 10  # the IR version of the opset 21 release: enough for every supported graph
 # onnx2torch knows these opsets best; newer graphs are converted down first (DESIGN §5).
 CONVERT_OPSET = 17
@@ -81,50 +78,14 @@ class ImportedModel:
 
 
 def sniff_format(path: Path) -> ModelFormat:
-    """Decide the format from content, not from the file name."""
-    with path.open("rb") as f:
-        head = f.read(4)
-    if head == b"PK\x03\x04":
-        return ModelFormat.TORCHSCRIPT
-    if not head:
-        raise CorruptModelError(f"{path.name}: the file is empty")
-    try:
-        onnx.load_model(str(path), load_external_data=False)
-    except Exception as e:
-        with path.open("rb") as f:
-            start = f.read(512)
-        if start[:1] == b"\x08" and any(tag in start for tag in (b"pytorch", b"onnx", b"ai.onnx", b"opset")):
-            raise CorruptModelError(
-                f"{path.name}: starts like an ONNX model but cannot be parsed: truncated or damaged ({type(e).__name__})"
-            ) from e
-        raise UnsupportedFormatError(
-            f"{path.name}: neither a TorchScript archive (zip) nor an ONNX protobuf ({type(e).__name__})"
-        ) from e
-    return ModelFormat.ONNX
+    """Decide the format from content, not from the file name (the API's rules: model_checks)."""
+    return model_checks.detect_format(path)
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:
-    """Parse an ONNX file; refuse external data (it can point anywhere on disk)."""
-    try:
-        model = onnx.load_model(str(path), load_external_data=False)
-    except Exception as e:
-        raise CorruptModelError(f"{path.name}: not a readable ONNX model: {e}") from e
-    external = external_tensors(model)  # the API's rule: graph, subgraphs, model-local functions
-    if external:
-        raise CorruptModelError(
-            f"{path.name}: tensor {external[0]!r} uses external data; upload a single-file model"
-        )
-    if not model.graph.output:
-        raise CorruptModelError(f"{path.name}: the graph has no outputs")
-    try:
-        onnx.checker.check_model(model)
-    except Exception as e:
-        raise CorruptModelError(f"{path.name}: ONNX checker: {str(e).splitlines()[0]}") from e
-    opset = onnx_opset(model)
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise UnsupportedOpError(
-            f"opset {opset} is not supported; supported opsets: {MIN_OPSET} to {MAX_OPSET}"
-        )
+    """Decode and check an ONNX file by the API's rules (model_checks: external data, checker,
+    opset range), then lower a too-new IR version that ONNX Runtime would refuse."""
+    model = model_checks.load_onnx(path)
     if model.ir_version > GRAPH_IR_VERSION:
         # onnx.helper writes its newest IR version (14 with onnx 1.23), which ONNX Runtime refuses;
         # a graph of opset <= 21 uses nothing newer than IR 10 (the opset 21 release)
@@ -133,8 +94,7 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     return model
 
 
-def onnx_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+onnx_opset = model_checks.onnx_opset
 
 
 def graph_inputs(model: onnx.ModelProto) -> dict[str, InputSpec]:
@@ -731,9 +691,10 @@ def import_model(
     ``convert_timeout``: wall clock of the TorchScript converter (a model that never returns)."""
     from worker.engine.batching import fixed_batch
 
-    fmt = sniff_format(path)
     notes: list[str] = []
     isolation: dict[str, object] | None = None
+    onnx_model = None if model_checks.is_zip(path) else load_onnx(path)  # decoded and checked once
+    fmt = ModelFormat.ONNX if onnx_model is not None else sniff_format(path)
     if fmt == ModelFormat.TORCHSCRIPT:
         inputs = merge_inputs(None, user_inputs)
         model, isolation = torchscript_to_onnx(path, inputs, timeout=convert_timeout)
@@ -744,7 +705,7 @@ def import_model(
         if not isolation["isolated"]:
             notes.append(f"Not isolated: {isolation['detail']}.")
     else:
-        model = load_onnx(path)
+        model = onnx_model
         inputs = merge_inputs(graph_inputs(model), user_inputs)  # type: ignore[arg-type]
     model = resolve_static_sequences(model)
     input_names, output_names = onnx_io_names(model)

@@ -61,6 +61,8 @@ CASES = {
     "truncated-onnx": (_graph()[:-9], "corrupt_model"),
     "opset-11": (_graph(opset=11), "unsupported_op"),
     "checker": (_checker_fails(), "corrupt_model"),
+    "unknown-op": (_graph(op="NotARealOp"), "unsupported_op"),
+    "cli-garbage": (b"\x08\x01garbage that is no protobuf \xff\xfe" * 4, "unsupported_format"),
     "external-data": (onnx_bytes(external=True), "external_data"),
     "external-data-in-a-function": (_external_in_function(), "external_data"),
     "torch-save-checkpoint": (_checkpoint(), "unsupported_format"),

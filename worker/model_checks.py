@@ -15,6 +15,7 @@ ONNX is only decoded as protobuf and checked with ``onnx.checker``.
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,7 @@ def check_torchscript(path: Path) -> None:
 
 def _looks_like_onnx(head: bytes) -> bool:
     """ModelProto starts with field 1 (ir_version, varint) in every writer we know of."""
-    return len(head) >= 2 and head[0] == 0x08 and 1 <= head[1] <= 20
+    return len(head) >= 2 and head[0] == 0x08 and 3 <= head[1] <= 20  # IR 1-2 predate opset 13
 
 
 def load_onnx(path: Path) -> Any:
@@ -119,11 +120,15 @@ def load_onnx(path: Path) -> Any:
             "save the model as one file (onnx.save(model, path, save_as_external_data=False))",
             tensors=external[:20],
         )
+    opset = onnx_opset(model)
     try:
         onnx.checker.check_model(model)
     except Exception as e:
-        raise CorruptModelError(f"ONNX checker: {str(e).splitlines()[0]}") from e
-    opset = onnx_opset(model)
+        reason = str(e).splitlines()[0]
+        unknown = re.search(r"No Op registered for (\w+)", reason)
+        if unknown:
+            raise UnsupportedOpError(f"unsupported ONNX operator {unknown.group(1)!r}: {reason}") from e
+        raise CorruptModelError(f"ONNX checker: {reason}") from e
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UnsupportedOpError(
             f"opset {opset} is not supported; supported opsets: {MIN_OPSET} to {MAX_OPSET} "

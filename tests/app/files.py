@@ -15,9 +15,11 @@ def onnx_bytes(
     shape: tuple[int | str, ...] = (1, 8),
     external: bool = False,
     op: str = "ConvTranspose",
+    then: str | None = None,
 ) -> bytes:
     """A tiny generator graph (opset 17): a latent ``z [1, C]`` (reshaped to ``[N, C, 1, 1]``) or, with
-    a rank-4 ``shape``, an image-like input, then ``ConvTranspose -> Tanh -> img``."""
+    a rank-4 ``shape``, an image-like input, then ``ConvTranspose -> Tanh -> img``. ``then``: one
+    more single-input op after Tanh (``"Hardmax"``: a valid graph that the engine cannot convert)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -39,8 +41,10 @@ def onnx_bytes(
     attrs = {"strides": [2, 2], "pads": [1, 1, 1, 1]} if op == "ConvTranspose" else {}
     nodes += [
         helper.make_node(op, [x, "w"], ["h"], **attrs),
-        helper.make_node("Tanh", ["h"], ["img"]),
+        helper.make_node("Tanh", ["h"], ["img" if then is None else "t"]),
     ]
+    if then is not None:
+        nodes.append(helper.make_node(then, ["t"], ["img"]))
     graph = helper.make_graph(
         nodes,
         "g",

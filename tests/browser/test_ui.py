@@ -264,7 +264,7 @@ def test_a_failed_job_shows_its_error(ui: Browser, service: Service) -> None:
     """A model that passes the upload checks but that the engine rejects."""
     with service.client() as c:
         spec = {"distill": {"steps": 5, "budget_seconds": 5}}
-        r = c.post("/v1/jobs", files={"model": ("broken.onnx", onnx_bytes(op="Relu"))},
+        r = c.post("/v1/jobs", files={"model": ("broken.onnx", onnx_bytes(then="Hardmax"))},
                    data={"spec": json.dumps(spec)})  # fmt: skip
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]

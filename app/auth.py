@@ -8,7 +8,7 @@ import logging
 
 from fastapi import Request
 
-from app.errors import UnauthorizedError
+from worker.errors import UnauthorizedError
 
 log = logging.getLogger(__name__)
 

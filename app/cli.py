@@ -259,7 +259,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.serve import Embedded
-    from app.settings import Settings
+    from worker.core.settings import Settings
 
     settings = Settings()
     return Embedded(settings, args.host, args.port, args.workers, settings.data_dir).run()

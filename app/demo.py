@@ -11,7 +11,7 @@ from typing import Any
 
 from app.client import ApiError, GanCompressClient
 from app.serve import Embedded
-from app.settings import Settings
+from worker.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

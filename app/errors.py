@@ -1,8 +1,8 @@
-"""HTTP errors as RFC 9457 ``application/problem+json`` with a stable ``code``.
+"""Every error of the API as RFC 9457 ``application/problem+json`` with a stable ``code``.
 
-The hierarchy extends ``worker.errors`` (whose classes already carry ``code`` and ``status``) with
-errors that only exist over HTTP. Every error response of the API, including FastAPI's own
-validation errors and unknown routes, has the same shape::
+The error classes (engine, worker and HTTP layer) live in ``worker.errors``, torch-free, so the
+stores the API shares with the worker can raise them; this module only renders them. Every error
+response, including FastAPI's own validation errors and unknown routes, has the same shape::
 
     {"type": "urn:gancompress:error:<code>", "title": ..., "status": ..., "detail": ...,
      "code": "<code>", "instance": "/v1/..."}
@@ -19,113 +19,19 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from worker.errors import GanCompressError
+from worker.errors import (
+    GanCompressError,
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+)
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
-
-
-class HttpError(GanCompressError):
-    """Errors of the HTTP layer (not of the engine)."""
-
-    code = "bad_request"
-    status = 400
-    title = "Bad request"
-
-
-class BadRequestError(HttpError):
-    code = "bad_request"
-    status = 400
-    title = "Bad request"
-
-
-class MalformedUploadError(BadRequestError):
-    code = "malformed_upload"
-    title = "The upload cannot be parsed"
-
-
-class InvalidCursorError(BadRequestError):
-    code = "invalid_cursor"
-    title = "Invalid pagination cursor"
-
-
-class UnauthorizedError(HttpError):
-    code = "unauthorized"
-    status = 401
-    title = "Missing or invalid API key"
-
-
-class NotFoundError(HttpError):
-    code = "not_found"
-    status = 404
-    title = "Not found"
-
-
-class JobNotFoundError(NotFoundError):
-    code = "job_not_found"
-    title = "Job not found"
-
-
-class ModelNotFoundError(NotFoundError):
-    code = "model_not_found"
-    title = "Model not found"
-
-
-class CalibrationNotFoundError(NotFoundError):
-    code = "calibration_not_found"
-    title = "Calibration set not found"
-
-
-class ArtifactNotFoundError(NotFoundError):
-    code = "artifact_not_found"
-    title = "Artifact not found"
-
-
-class MethodNotAllowedError(HttpError):
-    code = "method_not_allowed"
-    status = 405
-    title = "Method not allowed"
-
-
-class ConflictError(HttpError):
-    code = "conflict"
-    status = 409
-    title = "Conflict"
-
-
-class IdempotencyConflictError(ConflictError):
-    code = "idempotency_conflict"
-    title = "Idempotency-Key reused with a different request"
-
-
-class JobNotFinishedError(ConflictError):
-    code = "job_not_finished"
-    title = "The job has not finished"
-
-
-class JobFinishedError(ConflictError):
-    code = "job_finished"
-    title = "The job has already finished"
-
-
-class PayloadTooLargeError(HttpError):
-    code = "payload_too_large"
-    status = 413
-    title = "Upload too large"
-
-
-class UnsupportedMediaTypeError(HttpError):
-    code = "unsupported_media_type"
-    status = 415
-    title = "Unsupported Content-Type"
-
-
-class ServiceUnavailableError(HttpError):
-    code = "service_unavailable"
-    status = 503
-    title = "Service unavailable"
-    retriable = True
 
 
 def problem(

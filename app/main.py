@@ -16,9 +16,9 @@ from fastapi import APIRouter, FastAPI
 from app.api import health, jobs, ui, uploads
 from app.errors import install_error_handlers
 from app.metrics import MetricsMiddleware
-from app.redis_client import async_redis_from_settings
 from app.services import Services
-from app.settings import Settings, get_settings
+from worker.core.redis_client import async_redis_from_settings
+from worker.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

@@ -16,35 +16,17 @@ from typing import TYPE_CHECKING
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
-from redis import Redis
 from redis.exceptions import RedisError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from worker.core.stage_metrics import STAGE_BUCKETS, bucket_label
+
 if TYPE_CHECKING:
-    from app.jobs import JobStore
     from app.queue import JobQueue
+    from worker.core.jobs import JobStore
 
 log = logging.getLogger(__name__)
-
-STAGE_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
-
-
-def _fmt(b: float) -> str:
-    return "+Inf" if b == float("inf") else repr(float(b))
-
-
-def record_stage_duration(redis: Redis, prefix: str, stage: str, seconds: float) -> None:
-    """Add one observation of ``stage`` lasting ``seconds`` (called by workers)."""
-    key = f"{prefix}metrics:stage:{stage}"
-    with redis.pipeline(transaction=True) as p:
-        p.sadd(f"{prefix}metrics:stages", stage)
-        p.hincrbyfloat(key, "sum", seconds)
-        p.hincrby(key, "count", 1)
-        for b in (*STAGE_BUCKETS, float("inf")):
-            if seconds <= b:
-                p.hincrby(key, _fmt(b), 1)
-        p.execute()
 
 
 class _RedisCollector(Collector):
@@ -77,7 +59,9 @@ class _RedisCollector(Collector):
         out: dict[str, tuple[list[tuple[str, float]], float]] = {}
         for stage in sorted(r.smembers(f"{prefix}metrics:stages")):
             raw = r.hgetall(f"{prefix}metrics:stage:{stage}")
-            buckets = [(_fmt(b), float(raw.get(_fmt(b), 0))) for b in (*STAGE_BUCKETS, float("inf"))]
+            buckets = [
+                (bucket_label(b), float(raw.get(bucket_label(b), 0))) for b in (*STAGE_BUCKETS, float("inf"))
+            ]
             out[stage] = (buckets, float(raw.get("sum", 0.0)))
         return out
 

@@ -17,8 +17,8 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from app.errors import MalformedUploadError, PayloadTooLargeError, UnsupportedMediaTypeError
-from app.storage import ArtifactStore, UploadWriter
+from worker.core.storage import ArtifactStore, UploadWriter
+from worker.errors import MalformedUploadError, PayloadTooLargeError, UnsupportedMediaTypeError
 
 log = logging.getLogger(__name__)
 

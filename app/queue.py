@@ -7,8 +7,8 @@ import time
 
 from redis import Redis
 
-from app.settings import Settings
-from worker.celery_app import TASK_NAME, make_celery
+from worker.core.celery_config import TASK_NAME, make_celery
+from worker.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

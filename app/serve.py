@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.settings import Settings
+from worker.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +208,8 @@ class Embedded:
 
     def _fail_interrupted_jobs(self) -> None:
         """With the embedded Redis every worker was ours: jobs still running were interrupted."""
-        from app.jobs import JobState, JobStore
-        from app.redis_client import redis_from_settings
+        from worker.core.jobs import JobState, JobStore
+        from worker.core.redis_client import redis_from_settings
 
         try:
             jobs = JobStore(redis_from_settings(self.settings), self.settings.redis_prefix)

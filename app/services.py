@@ -8,14 +8,14 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from app.auth import ApiKeys
-from app.jobs import JobStore
 from app.metrics import Metrics
 from app.queue import JobQueue
-from app.redis_client import redis_from_settings
-from app.settings import Settings
-from app.storage import ArtifactStore, store_from_settings
 from app.submit import JobSubmitter
-from app.uploads import UploadRegistry
+from worker.core.jobs import JobStore
+from worker.core.redis_client import redis_from_settings
+from worker.core.settings import Settings
+from worker.core.storage import ArtifactStore, store_from_settings
+from worker.core.uploads import UploadRegistry
 
 
 @dataclass

@@ -17,40 +17,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
-
 from worker import model_checks
+from worker.core.uploads import CalibrationInfo, InputInfo, ModelInfo
 from worker.errors import BadCalibrationError
 from worker.spec import ModelFormat, default_distribution
 
 ZIP_MAGIC = model_checks.ZIP_MAGIC
 NPY_MAGIC = b"\x93NUMPY"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
-
-class InputInfo(BaseModel):
-    """One graph input of an uploaded ONNX model."""
-
-    name: str
-    shape: list[int | str | None] = Field(description="Dims: an int, a symbolic name, or null.")
-    dtype: str
-    distribution: str | None = Field(
-        None,
-        description="How the engine samples this input unless the spec says otherwise: float rank-4 "
-        "inputs are images (calibration data needed), other floats normal latents, integer inputs "
-        "indexing an embedding table randint labels; null: the spec must describe it.",
-    )
-
-
-class ModelInfo(BaseModel):
-    format: ModelFormat
-    inputs: list[InputInfo] | None = None
-
-
-class CalibrationInfo(BaseModel):
-    format: str = Field(description="npy | npz | zip")
-    arrays: dict[str, list[int]] | None = Field(None, description="npy/npz: array name -> shape.")
-    images: int | None = Field(None, description="zip: number of image files.")
 
 
 def sniff_model(path: Path) -> ModelInfo:

@@ -11,12 +11,18 @@ from typing import Any
 
 from redis import Redis
 
-from app.errors import IdempotencyConflictError, ServiceUnavailableError
-from app.jobs import JobRecord, JobState, JobStore, new_job_id
 from app.queue import JobQueue
-from app.settings import Settings
-from app.uploads import CalibrationRecord, ModelRecord
-from worker.errors import BadCalibrationError, BadSpecError, MissingInputSpecError, UnsupportedOpError
+from worker.core.jobs import JobRecord, JobState, JobStore, new_job_id
+from worker.core.settings import Settings
+from worker.core.uploads import CalibrationRecord, ModelRecord
+from worker.errors import (
+    BadCalibrationError,
+    BadSpecError,
+    IdempotencyConflictError,
+    MissingInputSpecError,
+    ServiceUnavailableError,
+    UnsupportedOpError,
+)
 from worker.spec import MAX_DIM, CompressionSpec, Distribution, ModelFormat
 from worker.spec_cli import validate_spec
 

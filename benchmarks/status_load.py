@@ -47,8 +47,8 @@ def _job(redis_url: str, prefix: str) -> str:
     """A running job with a realistic record, owned by KEY's owner."""
     from redis import Redis
 
-    from app.jobs import JobState, JobStore
-    from app.settings import Settings
+    from worker.core.jobs import JobState, JobStore
+    from worker.core.settings import Settings
     from worker.spec import CompressionSpec
 
     owner = Settings(api_keys=KEY).keys()[KEY]

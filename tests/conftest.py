@@ -101,7 +101,7 @@ def redis(redis_url: str) -> Iterator[Redis]:
 
 @pytest.fixture
 def settings(redis_url: str, prefix: str, tmp_path: Path):
-    from app.settings import Settings
+    from worker.core.settings import Settings
 
     return Settings(
         redis_url=redis_url,
@@ -145,8 +145,8 @@ def s3_endpoint() -> Iterator[str]:
 def s3_store(s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    from app.settings import Settings
-    from app.storage import S3Store, store_from_settings
+    from worker.core.settings import Settings
+    from worker.core.storage import S3Store, store_from_settings
 
     settings = Settings(
         storage_url="s3://gc-bucket/some/prefix", s3_endpoint_url=s3_endpoint, tmp_dir=tmp_path / "staging"

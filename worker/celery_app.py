@@ -1,9 +1,9 @@
-"""Celery configuration (a thin edge): ``celery -A worker.celery_app worker``.
+"""The worker process's Celery app: ``celery -A worker.celery_app worker``.
 
-Tasks are enqueued by name with the job id only (``compress.run``), JSON only, ``acks_late`` with
-prefetch 1, and a broker visibility timeout above the hard time limit of the longest job allowed,
-so a message is redelivered only when its worker really died. The job record in Redis, not the
-result backend, is the source of truth: results are ignored.
+Built from the environment's settings at import (what ``celery -A`` needs; the API never imports
+this module, it builds its own sending app with ``worker.core.celery_config.make_celery``). At start
+the worker launches the reaper (stale jobs, orphaned job directories) and publishes how it isolates
+uploaded TorchScript code (``/healthz`` shows it).
 """
 
 from __future__ import annotations
@@ -15,43 +15,13 @@ import threading
 import time
 from typing import Any
 
-from celery import Celery, signals
+from celery import signals
 
-from app.settings import Settings, get_settings
+from worker.core.celery_config import ISOLATION_KEY, make_celery
+from worker.core.settings import Settings, get_settings
 from worker.engine.convert import isolation
 
 log = logging.getLogger(__name__)
-
-TASK_NAME = "compress.run"
-
-
-def make_celery(settings: Settings) -> Celery:
-    """A Celery app for ``settings`` (the API uses it to send tasks, the worker to run them)."""
-    app = Celery("gancompress", broker=settings.redis_url, include=["worker.tasks"])
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_serializer="json",
-        task_ignore_result=True,
-        result_backend=None,
-        task_acks_late=True,
-        task_reject_on_worker_lost=False,  # a job that killed its worker is failed, not rerun
-        worker_prefetch_multiplier=1,
-        worker_concurrency=settings.worker_concurrency,
-        task_default_queue=settings.queue,
-        task_create_missing_queues=True,
-        broker_connection_retry_on_startup=True,
-        broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout(),
-            "global_keyprefix": settings.redis_prefix,
-        },
-        worker_hijack_root_logger=True,
-        worker_send_task_events=False,
-        enable_utc=True,
-    )
-    app.conf.gancompress_settings = settings
-    return app
-
 
 celery_app = make_celery(get_settings())
 app = celery_app  # what `celery -A worker.celery_app` looks for
@@ -68,8 +38,8 @@ class _Reaper(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from app.jobs import JobStore
-        from app.redis_client import redis_from_settings
+        from worker.core.jobs import JobStore
+        from worker.core.redis_client import redis_from_settings
 
         jobs = JobStore(redis_from_settings(self.settings), self.settings.redis_prefix)
         interval = max(1.0, min(30.0, self.settings.heartbeat_timeout_seconds / 4))
@@ -101,9 +71,6 @@ def _start_reaper(sender: Any = None, **_: Any) -> None:
             iso["detail"],
             " (TorchScript jobs are refused: require_isolation)" if settings.require_isolation else "",
         )
-
-
-ISOLATION_KEY = "isolation"  # hash under the Redis prefix: worker hostname -> JSON, refreshed by the reaper
 
 
 def publish_isolation(redis: Any, prefix: str, hostname: str) -> None:

@@ -172,3 +172,108 @@ def out_of_memory(e: BaseException) -> bool:
             return True
         cur = cur.__cause__ or cur.__context__
     return False
+
+
+# --- errors of the HTTP layer (raised by the API and by the stores it shares with the worker) ---
+
+
+class HttpError(GanCompressError):
+    """Errors of the HTTP layer (not of the engine)."""
+
+    code = "bad_request"
+    status = 400
+    title = "Bad request"
+
+
+class BadRequestError(HttpError):
+    code = "bad_request"
+    status = 400
+    title = "Bad request"
+
+
+class MalformedUploadError(BadRequestError):
+    code = "malformed_upload"
+    title = "The upload cannot be parsed"
+
+
+class InvalidCursorError(BadRequestError):
+    code = "invalid_cursor"
+    title = "Invalid pagination cursor"
+
+
+class UnauthorizedError(HttpError):
+    code = "unauthorized"
+    status = 401
+    title = "Missing or invalid API key"
+
+
+class NotFoundError(HttpError):
+    code = "not_found"
+    status = 404
+    title = "Not found"
+
+
+class JobNotFoundError(NotFoundError):
+    code = "job_not_found"
+    title = "Job not found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+    title = "Model not found"
+
+
+class CalibrationNotFoundError(NotFoundError):
+    code = "calibration_not_found"
+    title = "Calibration set not found"
+
+
+class ArtifactNotFoundError(NotFoundError):
+    code = "artifact_not_found"
+    title = "Artifact not found"
+
+
+class MethodNotAllowedError(HttpError):
+    code = "method_not_allowed"
+    status = 405
+    title = "Method not allowed"
+
+
+class ConflictError(HttpError):
+    code = "conflict"
+    status = 409
+    title = "Conflict"
+
+
+class IdempotencyConflictError(ConflictError):
+    code = "idempotency_conflict"
+    title = "Idempotency-Key reused with a different request"
+
+
+class JobNotFinishedError(ConflictError):
+    code = "job_not_finished"
+    title = "The job has not finished"
+
+
+class JobFinishedError(ConflictError):
+    code = "job_finished"
+    title = "The job has already finished"
+
+
+class PayloadTooLargeError(HttpError):
+    code = "payload_too_large"
+    status = 413
+    title = "Upload too large"
+
+
+class UnsupportedMediaTypeError(HttpError):
+    code = "unsupported_media_type"
+    status = 415
+    title = "Unsupported Content-Type"
+
+
+class ServiceUnavailableError(HttpError):
+    code = "service_unavailable"
+    status = 503
+    title = "Service unavailable"
+    retriable = True

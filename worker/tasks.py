@@ -28,14 +28,15 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from redis import Redis
 from redis.exceptions import RedisError
 
-from app.jobs import JobRecord, JobState, JobStore
-from app.metrics import record_stage_duration
-from app.redis_client import redis_from_settings
-from app.settings import Settings, get_settings
-from app.storage import ArtifactStore, store_from_settings
-from app.uploads import UploadRegistry, calibration_key, model_key
 from worker import sandbox
-from worker.celery_app import TASK_NAME, celery_app
+from worker.celery_app import celery_app
+from worker.core.celery_config import TASK_NAME
+from worker.core.jobs import JobRecord, JobState, JobStore
+from worker.core.redis_client import redis_from_settings
+from worker.core.settings import Settings, get_settings
+from worker.core.stage_metrics import record_stage_duration
+from worker.core.storage import ArtifactStore, store_from_settings
+from worker.core.uploads import UploadRegistry, calibration_key, model_key
 from worker.engine.convert import REQUIRE_ENV
 from worker.errors import InvalidResultError, first_line
 from worker.spec import ARTIFACT_NAMES, ModelFormat, Progress

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.uploads import services
 from app.catalog import catalog
 from app.errors import problem
-from worker.celery_app import ISOLATION_KEY
+from worker.core.celery_config import ISOLATION_KEY
 
 router = APIRouter(tags=["service"])
 

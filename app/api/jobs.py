@@ -14,8 +14,15 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from app.api.schemas import JobOut, JobPage, JobRequest, job_out
 from app.api.uploads import services
 from app.auth import owner_of
-from app.errors import (
+from app.multipart import Form, content_type, parse_form
+from app.services import Services
+from app.sniff import sniff_calibration, sniff_model
+from app.submit import check_spec
+from worker.core.jobs import JobRecord, JobState
+from worker.core.uploads import CalibrationRecord, ModelRecord
+from worker.errors import (
     ArtifactNotFoundError,
+    BadSpecError,
     JobFinishedError,
     JobNotFinishedError,
     JobNotFoundError,
@@ -23,13 +30,6 @@ from app.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
-from app.jobs import JobRecord, JobState
-from app.multipart import Form, content_type, parse_form
-from app.services import Services
-from app.sniff import sniff_calibration, sniff_model
-from app.submit import check_spec
-from app.uploads import CalibrationRecord, ModelRecord
-from worker.errors import BadSpecError
 from worker.spec import ARTIFACT_NAMES
 
 router = APIRouter(prefix="/v1", tags=["jobs"])

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 
-from app.jobs import JobRecord, JobState
+from worker.core.jobs import JobRecord, JobState
 
 
 class JobRequest(BaseModel):

@@ -21,8 +21,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from app.errors import NotFoundError
-from app.jobs import JobState
+from worker.core.jobs import JobState
+from worker.errors import NotFoundError
 from worker.spec import ARTIFACT_NAMES
 
 WEB = Path(__file__).resolve().parent.parent / "web"

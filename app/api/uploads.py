@@ -9,12 +9,12 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import owner_of
-from app.errors import MalformedUploadError
 from app.multipart import content_type, parse_form, read_body
 from app.services import Services
 from app.sniff import sniff_calibration, sniff_model
-from app.storage import UploadWriter
-from app.uploads import CalibrationRecord, ModelRecord
+from worker.core.storage import UploadWriter
+from worker.core.uploads import CalibrationRecord, ModelRecord
+from worker.errors import MalformedUploadError
 
 router = APIRouter(prefix="/v1", tags=["uploads"])
 Owner = Annotated[str, Depends(owner_of)]

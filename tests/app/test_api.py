@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.jobs import JobState
 from app.main import create_app
-from app.settings import Settings
 from tests.app.files import image_zip, npy_bytes, onnx_bytes, torchscript_zip
+from worker.core.jobs import JobState
+from worker.core.settings import Settings
 
 SPEC = {"distill": {"steps": 5, "budget_seconds": 5}}
 TS_SPEC = {"inputs": {"z": {"shape": [1, 8]}}, **SPEC}
@@ -487,7 +487,8 @@ def test_no_keys_warns_at_start(settings: Settings, caplog: pytest.LogCaptureFix
 
 
 def test_healthz_shows_how_each_live_worker_isolates_torchscript(settings: Settings, redis: Any) -> None:
-    from worker.celery_app import ISOLATION_KEY, publish_isolation
+    from worker.celery_app import publish_isolation
+    from worker.core.celery_config import ISOLATION_KEY
     from worker.engine.convert import isolation
 
     publish_isolation(redis, settings.redis_prefix, "celery@live")
@@ -524,7 +525,7 @@ def test_catalog_lists_every_enum_member(client: TestClient) -> None:
 def test_metrics(client: TestClient) -> None:
     job = _job(client)
     client.post(f"/v1/jobs/{job['id']}:cancel")
-    from app.metrics import record_stage_duration
+    from worker.core.stage_metrics import record_stage_duration
 
     svc = client.app.state.services  # type: ignore[attr-defined]
     record_stage_duration(svc.redis, svc.settings.redis_prefix, "distill", 3.0)

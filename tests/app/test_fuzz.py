@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 
 from app.main import create_app
-from app.settings import Settings
+from worker.core.settings import Settings
 
 KEY = "fuzz-key"
 EXAMPLES = 50

@@ -9,8 +9,8 @@ import time
 import pytest
 from redis import Redis
 
-from app.errors import InvalidCursorError
-from app.jobs import TERMINAL, TRANSITIONS, InvalidTransitionError, JobState, JobStore, allowed
+from worker.core.jobs import TERMINAL, TRANSITIONS, InvalidTransitionError, JobState, JobStore, allowed
+from worker.errors import InvalidCursorError
 
 ALL = list(JobState)
 

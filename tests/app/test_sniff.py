@@ -82,7 +82,7 @@ def test_calibration_formats(tmp_path: Path) -> None:
 
 def test_api_never_imports_torch_or_onnxruntime() -> None:
     code = (
-        "import sys; from app.main import create_app; from app.settings import Settings; "
+        "import sys; from app.main import create_app; from worker.core.settings import Settings; "
         "create_app(Settings(storage_url='/tmp/gc-notorch')); import app.cli, app.client, app.serve; "
         "bad = [m for m in ('torch', 'onnxruntime', 'torchvision') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import PayloadTooLargeError
-from app.settings import Settings
-from app.storage import ArtifactStore, LocalStore, S3Store, store_from_settings
+from worker.core.settings import Settings
+from worker.core.storage import ArtifactStore, LocalStore, S3Store, store_from_settings
+from worker.errors import PayloadTooLargeError
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -85,9 +85,9 @@ def test_api_against_s3(s3_store: S3Store, settings: Settings, monkeypatch: pyte
     """Uploads and artifact downloads through the API with the S3 store."""
     from fastapi.testclient import TestClient
 
-    from app.jobs import JobState
     from app.main import create_app
     from tests.app.files import onnx_bytes
+    from worker.core.jobs import JobState
 
     settings.storage_url = "s3://gc-bucket/api"
     settings.s3_endpoint_url = s3_store.client.meta.endpoint_url

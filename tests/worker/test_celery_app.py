@@ -9,9 +9,9 @@ import json
 from fastapi.testclient import TestClient
 from redis import Redis
 
-from app.settings import Settings
 from tests.app.files import onnx_bytes
-from worker.celery_app import TASK_NAME, make_celery
+from worker.core.celery_config import TASK_NAME, make_celery
+from worker.core.settings import Settings
 
 
 def test_celery_config(settings: Settings) -> None:

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from app.jobs import JobState
-from app.settings import Settings
-from app.uploads import UploadRegistry
 from tests.app.files import generator_onnx_bytes, onnx_bytes
 from worker import sandbox, tasks
+from worker.core.jobs import JobState
+from worker.core.settings import Settings
+from worker.core.uploads import UploadRegistry
 
 STANDIN = """
 import json, os, shutil, sys, time, pathlib
@@ -86,7 +86,7 @@ def _job(svc: tasks._Services, seed: int = 0) -> str:
     uploads = UploadRegistry(svc.redis, svc.settings.redis_prefix, svc.store)
     w = svc.store.new_upload(10**6)
     w.write(onnx_bytes())
-    from app.sniff import ModelInfo
+    from worker.core.uploads import ModelInfo
 
     rec = uploads.add_model("anonymous", w, uploads.model_record(w, ModelInfo(format="onnx"), "m.onnx"))
     spec = {"seed": seed, "distill": {"budget_seconds": 30}}

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from app.errors import PayloadTooLargeError
-from app.settings import Settings
+from worker.core.settings import Settings
+from worker.errors import PayloadTooLargeError
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,38 @@ from typing import TypeVar
 from pydantic import BaseModel, Field
 from redis import Redis
 
-from app.errors import CalibrationNotFoundError, ModelNotFoundError
-from app.sniff import CalibrationInfo, InputInfo, ModelInfo
-from app.storage import ArtifactStore, UploadWriter
+from worker.core.storage import ArtifactStore, UploadWriter
+from worker.errors import CalibrationNotFoundError, ModelNotFoundError
 from worker.spec import ModelFormat
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=BaseModel)
+
+
+class InputInfo(BaseModel):
+    """One graph input of an uploaded ONNX model."""
+
+    name: str
+    shape: list[int | str | None] = Field(description="Dims: an int, a symbolic name, or null.")
+    dtype: str
+    distribution: str | None = Field(
+        None,
+        description="How the engine samples this input unless the spec says otherwise: float rank-4 "
+        "inputs are images (calibration data needed), other floats normal latents, integer inputs "
+        "indexing an embedding table randint labels; null: the spec must describe it.",
+    )
+
+
+class ModelInfo(BaseModel):
+    format: ModelFormat
+    inputs: list[InputInfo] | None = None
+
+
+class CalibrationInfo(BaseModel):
+    format: str = Field(description="npy | npz | zip")
+    arrays: dict[str, list[int]] | None = Field(None, description="npy/npz: array name -> shape.")
+    images: int | None = Field(None, description="zip: number of image files.")
 
 
 class ModelRecord(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from app.settings import Settings
+from worker.core.settings import Settings
 
 
 def redis_from_settings(settings: Settings) -> Redis:

@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from app.errors import ConflictError, InvalidCursorError
+from worker.errors import ConflictError, InvalidCursorError
 
 log = logging.getLogger(__name__)
 

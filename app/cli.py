@@ -262,13 +262,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from worker.core.settings import Settings
 
     settings = Settings()
-    return Embedded(settings, args.host, args.port, args.workers, settings.data_dir).run()
+    return Embedded(settings, args.host, args.port, args.workers, settings.data_dir, args.verbose).run()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
-    return run_demo(args.host, args.port, args.workers, Path(args.model) if args.model else None)
+    model = Path(args.model) if args.model else None
+    return run_demo(args.host, args.port, args.workers, model, verbose=args.verbose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
         v.add_argument("--host", default="127.0.0.1")
         v.add_argument("--port", type=int, default=8000)
         v.add_argument("--workers", type=int, default=1, help="compression worker processes")
+        v.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+            help="the worker's and the server's logs on the console (default: <data dir>/logs)",
+        )  # fmt: skip
         if name == "demo":
             v.add_argument("--model", help="generator to compress (default: the zoo's DCGAN, ONNX)")
     return p
@@ -317,10 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose or args.command in ("serve", "demo") else logging.WARNING,
+        level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:  # one INFO line per HTTP request of the client: only with -v
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     handler = {"compress": cmd_compress, "submit": cmd_submit, "serve": cmd_serve, "demo": cmd_demo}[
         args.command
     ]

@@ -32,8 +32,9 @@ def example_model() -> Path:
 
 
 def compress_example(url: str, model: Path, spec: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Wait until the service is ready, submit ``model`` and wait for it; prints the outcome."""
-    from app.cli import print_summary
+    """Wait until the service is ready, submit ``model`` and wait for it (one progress bar on a
+    terminal, a line per stage and 10 % otherwise); prints the outcome."""
+    from app.cli import ProgressView, print_summary
 
     with GanCompressClient(url, timeout=300) as client:
         deadline = time.monotonic() + 180
@@ -50,17 +51,16 @@ def compress_example(url: str, model: Path, spec: dict[str, Any] | None = None) 
             m = client.upload_model(model)
             job = client.submit(m["id"], spec or DEMO_SPEC)
             print(f"demo: compressing {model.name} as job {job['id']} ...", file=sys.stderr, flush=True)
-            last: list[str] = []
+            with ProgressView() as view:
 
-            def show(j: dict[str, Any]) -> None:
-                p = j.get("progress") or {}
-                pct = int(float(p.get("fraction") or 0) * 10) * 10
-                line = f"demo: [{j['state']}/{j.get('stage')}] {pct}%"
-                if not last or line != last[-1]:
-                    last.append(line)
-                    print(line, file=sys.stderr, flush=True)
+                def show(j: dict[str, Any]) -> None:
+                    p = j.get("progress") or {}
+                    view.update(
+                        str(j.get("stage") or j["state"]), float(p.get("fraction") or 0),
+                        int(p.get("step") or 0), int(p.get("total") or 0), p.get("loss"),
+                    )  # fmt: skip
 
-            job = client.wait(job["id"], show, poll_seconds=1.0)
+                job = client.wait(job["id"], show, poll_seconds=1.0)
         except ApiError as e:
             print(f"demo: error: {e.code}: {e.detail}", file=sys.stderr)
             return None
@@ -74,12 +74,12 @@ def compress_example(url: str, model: Path, spec: dict[str, Any] | None = None) 
     return job
 
 
-def run_demo(host: str, port: int, workers: int, model: Path | None = None) -> int:
+def run_demo(host: str, port: int, workers: int, model: Path | None = None, verbose: bool = False) -> int:
     model = model or example_model()
     if not model.is_file():
         print(f"demo: the example model {model} is missing; run `make zoo`", file=sys.stderr)
         return 2
     settings = Settings()
-    return Embedded(settings, host, port, workers, settings.data_dir).run(
+    return Embedded(settings, host, port, workers, settings.data_dir, verbose).run(
         lambda url: compress_example(url, model)
     )

@@ -65,10 +65,16 @@ REDIS_RESTARTS = 3  # per minute; more and serve stops (exit 1)
 class Embedded:
     """Runs the whole service in the foreground."""
 
-    def __init__(self, settings: Settings, host: str, port: int, workers: int, data_dir: Path) -> None:
+    def __init__(
+        self, settings: Settings, host: str, port: int, workers: int, data_dir: Path, verbose: bool = False
+    ) -> None:
         self.settings = settings
         self.host, self.port, self.workers = host, port, workers
         self.data_dir = data_dir
+        # quiet (the default): the worker's banner and logs go to <data_dir>/logs/worker.log, the
+        # console shows the banner, warnings and errors; verbose: everything on the console
+        self.verbose = verbose
+        self.logs = (data_dir / "logs").resolve()
         self.redis: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
         self.stopping = threading.Event()
@@ -115,10 +121,17 @@ class Embedded:
         argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
                 "-c", str(self.workers), "-Q", self.settings.queue, "-l", "info",
                 "-n", f"gancompress-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]  # fmt: skip
-        self.worker = subprocess.Popen(  # its banner and logs go to stderr: stdout is for results
-            argv, env=self.env, stdin=subprocess.DEVNULL, stdout=sys.stderr, start_new_session=True,
-            preexec_fn=_pdeathsig,
+        if self.verbose:
+            out: Any = sys.stderr  # its banner and logs on the console (stderr: stdout is for results)
+        else:
+            self.logs.mkdir(parents=True, exist_ok=True)
+            out = (self.logs / "worker.log").open("ab")
+        self.worker = subprocess.Popen(
+            argv, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_pdeathsig,
         )  # fmt: skip
+        if out is not sys.stderr:
+            out.close()  # the child holds its own descriptor
         log.info("serve.worker_started pid=%d concurrency=%d", self.worker.pid, self.workers)
         return self.worker
 
@@ -176,10 +189,11 @@ class Embedded:
             threading.Thread(target=self._watch_children, name="children-watch", daemon=True).start()
             app = create_app(self.settings)
             app.state.children_alive = self.children_alive  # /healthz reports a dead child
-            config = uvicorn.Config(app, host=self.host, port=self.port, log_level="info", access_log=False)
+            level = "info" if self.verbose else "warning"
+            config = uvicorn.Config(app, host=self.host, port=self.port, log_level=level, access_log=False)
             server = self.server = uvicorn.Server(config)
             url = f"http://{'localhost' if self.host in ('0.0.0.0', '127.0.0.1') else self.host}:{self.port}"
-            _banner(url, self.settings)
+            _banner(url, self.settings, None if self.verbose else self.logs)
             if on_ready is not None:
                 threading.Thread(target=on_ready, args=(url,), name="on-ready", daemon=True).start()
             server.run()
@@ -228,7 +242,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _banner(url: str, settings: Settings) -> None:
+def _banner(url: str, settings: Settings, logs: Path | None) -> None:
     auth = (
         "API keys required"
         if settings.keys()
@@ -239,6 +253,13 @@ def _banner(url: str, settings: Settings) -> None:
         f"  redis:   {_mask(settings.redis_url)}",
         f"  storage: {settings.storage_url}",
         f"  auth:    {auth}",
-        "  stop:    Ctrl-C",
     ]
+    if logs is not None:
+        lines.append(f"  logs:    {logs}/worker.log (-v shows them here)")
+    if os.geteuid() == 0:  # Celery warns at length about it; one line says why and what to do
+        lines.append(
+            "  user:    root (this process was started as root; uploaded TorchScript still runs as "
+            "nobody under bubblewrap; run as a dedicated user where you can, as the Docker image does)"
+        )
+    lines.append("  stop:    Ctrl-C")
     print("\n".join(lines), file=sys.stderr, flush=True)

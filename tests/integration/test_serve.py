@@ -64,6 +64,11 @@ def test_serve_embedded_starts_and_stops_cleanly(tmp_path: Path, sig: int) -> No
         _gone, alive = psutil.wait_procs(children, timeout=20)
         assert not alive, f"orphans left: {[(p.pid, p.cmdline()) for p in alive]}"
         assert (tmp_path / "var" / "redis").is_dir()
+        # a quiet console: the banner and warnings; the worker's banner and INFO logs in its log file
+        console = (tmp_path / "serve.log").read_text()
+        assert "gancompress serving on" in console and "logs:" in console
+        assert "[tasks]" not in console and " INFO" not in console and "INFO:" not in console, console
+        assert "worker.ready" in (tmp_path / "var" / "logs" / "worker.log").read_text()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,8 +1,7 @@
 """Errors that carry meaning across the engine, the worker and the API (torch-free).
 
-Each error has a stable ``code`` (what clients branch on), an HTTP ``status`` and a ``retriable``
-flag. Engine errors are *permanent* (bad input: retrying cannot help); infrastructure errors are
-retriable.
+Each error has a stable ``code`` (what clients branch on) and an HTTP ``status``. Engine errors are
+permanent (bad input: retrying cannot help); a 503 (``service_unavailable``) carries ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ class GanCompressError(Exception):
     code: str = "internal_error"
     status: int = 500
     title: str = "Internal error"
-    retriable: bool = False
 
     def __init__(self, detail: str, **extra: object) -> None:
         super().__init__(detail)
@@ -119,36 +117,10 @@ class ResourceLimitError(GanCompressError):
     title = "Resource limit exceeded"
 
 
-ERROR_TYPES: dict[str, type[GanCompressError]] = {
-    cls.code: cls
-    for cls in (
-        GanCompressError,
-        BadInputError,
-        UnsupportedFormatError,
-        CorruptModelError,
-        MissingInputSpecError,
-        UnsupportedOpError,
-        ConversionError,
-        BadCalibrationError,
-        BadSpecError,
-        PruningError,
-        ExportError,
-        CanceledError,
-        ResourceLimitError,
-    )
-}
-
-
 def first_line(e: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (or its type), for one-line error details."""
     text = str(e).strip()
     return text.splitlines()[0][:limit] if text else type(e).__name__
-
-
-def error_from_dict(d: dict[str, object]) -> GanCompressError:
-    """Rebuild an error that crossed a process boundary as ``to_dict()`` JSON."""
-    cls = ERROR_TYPES.get(str(d.get("code")), GanCompressError)
-    return cls(str(d.get("detail", "")))
 
 
 MEMORY_MARKERS = (
@@ -276,4 +248,3 @@ class ServiceUnavailableError(HttpError):
     code = "service_unavailable"
     status = 503
     title = "Service unavailable"
-    retriable = True

@@ -14,8 +14,8 @@ from tests.engine import tiny
 def _quiet_and_seeded() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
+    # the tests build models with torch.jit on purpose (users' uploads are TorchScript)
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
 
 

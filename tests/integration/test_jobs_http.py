@@ -80,7 +80,8 @@ def test_torchscript_job(service: Service, tmp_path: Path) -> None:
 
 def _traced_generator(tmp_path: Path) -> Path:
     """The test side may use torch (the service under test loads it only in its sandbox)."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     nn = torch.nn
 
     class Gen(nn.Module):

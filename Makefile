@@ -35,6 +35,9 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@# types of the torch-free shared layer and the API (docs/architecture.md); the engine is not typed yet
+	$(BIN)/mypy worker/core worker/errors.py worker/spec.py worker/spec_cli.py worker/report_schema.py \
+	  worker/model_checks.py app
 
 ## zoo: retrain and re-export the reference generators into worker/zoo/data
 zoo: setup

@@ -73,7 +73,7 @@ def _subschema(model: type[Any], fields: tuple[str, ...]) -> dict[str, Any]:
 def catalog() -> dict[str, Any]:
     """The catalog document served by ``GET /v1/catalog``."""
     gates = Gates.model_json_schema()["properties"]
-    gate_for = {metric: gate for gate, metric in GATE_METRICS.items()}
+    gate_for: dict[str, str] = {metric: gate for gate, metric in GATE_METRICS.items()}
     return {
         "prune_methods": [
             {"name": str(m), "description": d, "parameters": _subschema(PruneSpec, f)}

@@ -69,7 +69,7 @@ class GanCompressClient:
         delay = 0.5
         for attempt in range(self.retries + 1):
             body = kw.get("content")
-            if hasattr(body, "seek"):
+            if body is not None and hasattr(body, "seek"):
                 body.seek(0)  # a retried streamed upload starts again from the beginning
             try:
                 r = self.http.request(method, url, **kw)
@@ -90,11 +90,11 @@ class GanCompressClient:
     def _upload(self, url: str, path: Path) -> dict[str, Any]:
         with path.open("rb") as fh:  # streamed from disk, never read whole into memory
             headers = {"Content-Type": "application/octet-stream", "X-Filename": path.name}
-            return self._request("POST", url, content=fh, headers=headers, expect=(200, 201)).json()  # type: ignore[no-any-return]
+            return self._request("POST", url, content=fh, headers=headers, expect=(200, 201)).json()
 
     # --- API ---------------------------------------------------------------------------------
     def ready(self) -> dict[str, Any]:
-        return self._request("GET", "/readyz").json()  # type: ignore[no-any-return]
+        return self._request("GET", "/readyz").json()
 
     def upload_model(self, path: Path) -> dict[str, Any]:
         """``POST /v1/models``: ``{id, sha256, format, bytes, inputs}``."""
@@ -116,7 +116,7 @@ class GanCompressClient:
         if calibration:
             body["calibration_id"] = calibration
         headers = {"Idempotency-Key": idempotency_key or f"client-{uuid.uuid4().hex}"}
-        return self._request("POST", "/v1/jobs", json=body, headers=headers, expect=(202,)).json()  # type: ignore[no-any-return]
+        return self._request("POST", "/v1/jobs", json=body, headers=headers, expect=(202,)).json()
 
     def job(self, job_id: str, etag: str | None = None) -> tuple[dict[str, Any] | None, str | None]:
         """``GET /v1/jobs/{id}``; returns ``(None, etag)`` when unchanged since ``etag``."""
@@ -130,10 +130,10 @@ class GanCompressClient:
             params["state"] = state
         if cursor:
             params["cursor"] = cursor
-        return self._request("GET", "/v1/jobs", params=params).json()  # type: ignore[no-any-return]
+        return self._request("GET", "/v1/jobs", params=params).json()
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._request("POST", f"/v1/jobs/{job_id}:cancel", expect=(200, 202)).json()  # type: ignore[no-any-return]
+        return self._request("POST", f"/v1/jobs/{job_id}:cancel", expect=(200, 202)).json()
 
     def delete(self, job_id: str) -> None:
         self._request("DELETE", f"/v1/jobs/{job_id}", expect=(204,))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
@@ -57,8 +57,8 @@ class _RedisCollector(Collector):
     def _stage_histograms(self) -> dict[str, tuple[list[tuple[str, float]], float]]:
         r, prefix = self.jobs.r, self.jobs.prefix
         out: dict[str, tuple[list[tuple[str, float]], float]] = {}
-        for stage in sorted(r.smembers(f"{prefix}metrics:stages")):
-            raw = r.hgetall(f"{prefix}metrics:stage:{stage}")
+        for stage in sorted(cast(set[str], r.smembers(f"{prefix}metrics:stages"))):  # decode_responses
+            raw = cast(dict[str, str], r.hgetall(f"{prefix}metrics:stage:{stage}"))
             buckets = [
                 (bucket_label(b), float(raw.get(bucket_label(b), 0))) for b in (*STAGE_BUCKETS, float("inf"))
             ]

@@ -172,7 +172,7 @@ class Embedded:
                 self.server.should_exit = True
 
     # --- lifecycle ---------------------------------------------------------------------------
-    def run(self, on_ready: Callable[[str], None] | None = None) -> int:
+    def run(self, on_ready: Callable[[str], object] | None = None) -> int:
         import uvicorn
 
         from app.main import create_app

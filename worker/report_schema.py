@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.spec import GATE_METRICS, REPORT_SCHEMA_VERSION, Gates, ModelFormat
+from worker.spec import GATE_METRICS, REPORT_SCHEMA_VERSION, Gates, ModelFormat, ReportSchemaVersion
 
 FACTOR_UNIT = "x (teacher / student)"
 
@@ -313,7 +313,7 @@ class Summary(_Strict):
 
 
 class Report(_Strict):
-    schema_version: Literal[REPORT_SCHEMA_VERSION] = REPORT_SCHEMA_VERSION
+    schema_version: ReportSchemaVersion = REPORT_SCHEMA_VERSION
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     tool: ToolVersions
     input: InputInfo

@@ -13,7 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-REPORT_SCHEMA_VERSION = "1.1"
+ReportSchemaVersion = Literal["1.1"]
+REPORT_SCHEMA_VERSION: ReportSchemaVersion = "1.1"
 # Beyond this per-layer ratio Torch-Pruning skips groups that would keep too few channels, so
 # MACs stop falling (measured on the zoo); channel pruning is capped here.
 MAX_CHANNEL_RATIO = 0.8

@@ -72,7 +72,7 @@ def job_out(rec: JobRecord, request: Request) -> dict[str, Any]:
         state=rec.state,
         stage=rec.stage,
         progress=ProgressOut.model_validate(rec.progress or {}),
-        created_at=_ts(rec.created_at),  # type: ignore[arg-type]
+        created_at=_ts(rec.created_at),
         started_at=_ts(rec.started_at),
         finished_at=_ts(rec.finished_at),
         cancel_requested=rec.cancel_requested and not rec.finished,

@@ -71,7 +71,7 @@ templates.env.globals["static_url"] = static_url
 
 def _page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
     response = templates.TemplateResponse(request, template, context, status_code=status, headers=HEADERS)
-    return response  # type: ignore[no-any-return]
+    return response
 
 
 @router.get("/", response_class=HTMLResponse)

@@ -42,7 +42,7 @@ def _upload_body(description: str) -> dict[str, Any]:
 
 
 def services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
+    return request.app.state.services
 
 
 async def receive_file(request: Request, limit: int, what: str) -> tuple[UploadWriter, str | None]:

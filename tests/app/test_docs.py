@@ -1,4 +1,4 @@
-"""The service README section and the examples stay true to the code."""
+"""The README and docs/ stay true to the code, and their links resolve."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ from worker.core.settings import Settings
 from worker.spec_cli import validate_spec
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "README.md"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _all_docs() -> str:
+    return "\n".join(p.read_text() for p in DOCS)
 
 
 def test_every_setting_is_documented() -> None:
-    text = DOC.read_text()
+    text = (ROOT / "docs" / "settings.md").read_text()
     for name in Settings.model_fields:
         assert f"`GANCOMPRESS_{name.upper()}`" in text, name
 
@@ -23,7 +27,7 @@ def test_every_error_code_is_documented() -> None:
     """Every code of the one error hierarchy (engine, worker, HTTP), but the abstract bases."""
     import worker.errors as errors
 
-    text = DOC.read_text()
+    text = _all_docs()
     found = [
         c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.GanCompressError)
     ]
@@ -41,3 +45,20 @@ def test_examples() -> None:
     steps = wf["jobs"]["compress"]["steps"]
     cmd = next(s["run"] for s in steps if "gancompress submit" in s.get("run", ""))
     assert "--wait" in cmd and re.search(r"--fail-if 'ssim<0\.9'", cmd)
+
+
+def test_every_docs_page_is_linked_from_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [p.name for p in DOCS[1:] if f"](docs/{p.name})" not in readme]
+    assert not missing and len(DOCS) > 10
+
+
+def test_relative_links_resolve() -> None:
+    broken = []
+    for page in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"^(https?:|mailto:|#)", target):
+                continue
+            if not (page.parent / target.split("#")[0]).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken

@@ -1,6 +1,6 @@
 """Typed service settings from the environment (prefix ``GANCOMPRESS_``; plain ``REDIS_URL`` too).
 
-Every setting is documented in ``README.md`` (Settings) with its default. The API, the worker
+Every setting is documented in ``docs/settings.md`` with its default. The API, the worker
 and ``gancompress serve`` read the same class, so one environment configures them all.
 """
 

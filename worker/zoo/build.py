@@ -4,7 +4,7 @@
 
 Seeded (torch, numpy), two threads, deterministic algorithms, step counts fixed (not time
 budgets), so a rebuild on the same machine and library versions gives the same weights. Files go to
-``worker/zoo/data/<name>/``; ``manifest.json`` describes them (see the README, "The zoo").
+``worker/zoo/data/<name>/``; ``manifest.json`` describes them (see docs/zoo.md).
 """
 
 from __future__ import annotations

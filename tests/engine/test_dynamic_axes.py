@@ -106,7 +106,7 @@ def test_shape_mismatch_in_the_converted_model_is_a_conversion_error(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(importers, "to_torch", _broken_to_torch)
+    monkeypatch.setattr(importers.torch_module, "to_torch", _broken_to_torch)  # where conversion looks it up
     with pytest.raises(ConversionError, match=r"converted model fails .* size of tensor a \(2\)") as e:
         import_model(nhw["srgan", 17], None)
     assert e.value.code == "conversion_failed" and "\n" not in e.value.detail

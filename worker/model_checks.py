@@ -1,5 +1,5 @@
 """What an uploaded model file is, and whether it may be used: one set of rules for the API's upload
-check (``app/sniff.py``) and the engine (``worker/engine/importers.py``), so both accept and refuse
+check (``app/sniff.py``) and the engine (``worker/engine/importers/``), so both accept and refuse
 the same files for the same stated reason. Torch-free and onnxruntime-free: zips are only listed,
 ONNX is only decoded as protobuf and checked with ``onnx.checker``.
 

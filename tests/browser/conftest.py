@@ -90,7 +90,7 @@ def generator_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     zoo = ZOO / "dcgan" / "model.op17.onnx"
     if zoo.is_file():
         return zoo
-    from tests.engine import tiny
+    from tests.worker.engine import tiny
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

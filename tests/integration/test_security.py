@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.engine.test_convert import Bomb, Reader, Writer
 from tests.integration.conftest import Service, wait_for
+from tests.worker.engine.test_convert import Bomb, Reader, Writer
 
 pytestmark = pytest.mark.integration
 

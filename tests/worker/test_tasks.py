@@ -65,7 +65,7 @@ def _standin(tmp_path: Path) -> Path:
 
 
 def _report(tmp_path: Path) -> Any:
-    from tests.engine.test_report import build_report
+    from tests.worker.engine.test_report import build_report
 
     (tmp_path / "r").mkdir()
     return build_report(tmp_path / "r")[0]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from tests.engine import tiny
+from tests.worker.engine import tiny
 from worker.engine.importers import (
     PARITY_TOLERANCE,
     graph_inputs,

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.engine import wild
+from tests.worker.engine import wild
 from worker.engine.batching import PerSample
 from worker.engine.export import export_student, ort_run
 from worker.engine.importers import import_model

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.engine import tiny
+from tests.worker.engine import tiny
 
 
 class _SRBlock(nn.Module):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.engine import tiny
+from tests.worker.engine import tiny
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from tests.engine import tiny, wild
+from tests.worker.engine import tiny, wild
 from worker.engine.batching import BATCH_PARAM, fixed_batch, make_batch_symbolic
 from worker.engine.export import export_student, ort_run
 from worker.engine.importers import PARITY_TOLERANCE, import_model

@@ -155,7 +155,7 @@ def test_patches_only_for_models_that_follow_the_input_size(
 ) -> None:
     import numpy as np
 
-    from tests.engine import wild
+    from tests.worker.engine import wild
     from worker.engine.importers import import_model
     from worker.engine.pipeline import choose_patch
     from worker.engine.sampling import InputSampler
@@ -194,7 +194,7 @@ def test_structure_passes_run_on_a_small_crop_where_the_model_allows(
 ) -> None:
     import torch
 
-    from tests.engine import wild
+    from tests.worker.engine import wild
     from worker.engine import pipeline as P
     from worker.engine.importers import import_model
 

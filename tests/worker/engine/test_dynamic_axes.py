@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from app import cli
-from tests.engine import wild
+from tests.worker.engine import wild
 from worker.engine import importers
 from worker.engine.export import export_student, ort_run
 from worker.engine.importers import PARITY_TOLERANCE, check_inputs, import_model

@@ -117,8 +117,8 @@ class ResourceLimitError(GanCompressError):
     title = "Resource limit exceeded"
 
 
-def first_line(e: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message (or its type), for one-line error details."""
+def first_line(e: BaseException | str, limit: int = 300) -> str:
+    """The first line of an exception's message (or its type), or of a text, for one-line error details."""
     text = str(e).strip()
     return text.splitlines()[0][:limit] if text else type(e).__name__
 
@@ -130,6 +130,12 @@ MEMORY_MARKERS = (
     "bad_alloc",
     "failed to allocate memory",  # ONNX Runtime
 )
+
+
+def says_out_of_memory(text: str) -> bool:
+    """Whether a log or a child's output reports an allocation failure (or a Python MemoryError)."""
+    low = text.lower()
+    return "memoryerror" in low or any(m in low for m in MEMORY_MARKERS)
 
 
 def out_of_memory(e: BaseException) -> bool:

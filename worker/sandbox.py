@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import worker
-from worker.errors import MEMORY_MARKERS, GanCompressError, ResourceLimitError
+from worker.errors import MEMORY_MARKERS, GanCompressError, ResourceLimitError, says_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ def _classify(out: Outcome, limits: Limits, log_tail: str = "") -> None:
         elif out.error["code"] == "internal_error" and "file too large" in detail:
             out.error = {"code": ResourceLimitError.code, "detail": "the job exceeded its file size limit"}
         return
-    if _log_says_out_of_memory(log_tail):
+    if says_out_of_memory(log_tail):
         out.error = {
             "code": ResourceLimitError.code,
             "detail": f"the job ran out of memory (limit {_fmt_bytes(limits.memory_bytes)})",
@@ -369,11 +369,6 @@ def _tail(path: Path, n: int = 8192) -> str:
             return fh.read().decode("utf-8", "replace")
     except OSError:
         return ""
-
-
-def _log_says_out_of_memory(tail: str) -> bool:
-    low = tail.lower()
-    return "memoryerror" in low or any(m in low for m in MEMORY_MARKERS)
 
 
 def _fmt_bytes(n: int | None) -> str:

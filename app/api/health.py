@@ -45,12 +45,13 @@ def worker_isolation(svc: Any) -> dict[str, Any]:
     except Exception as e:
         return {"error": f"unknown: {type(e).__name__}"}
     out: dict[str, Any] = {}
+    now = time.time()
     for host, value in sorted(raw.items()):
         try:
             entry = json.loads(value)
         except ValueError:
             continue
-        if time.time() - float(entry.pop("seen_at", 0)) <= ISOLATION_FRESH_SECONDS:
+        if now - float(entry.pop("seen_at", 0)) <= ISOLATION_FRESH_SECONDS:
             out[host] = entry
     return out
 

@@ -72,20 +72,24 @@ _SUBMIT_BODY = {
 }
 
 
-def _job(svc: Services, owner: str, job_id: str) -> JobRecord:
-    rec = svc.jobs.get(job_id) if job_id.startswith("job_") and len(job_id) < 64 else None
+def _plausible(job_id: str) -> bool:
+    return job_id.startswith("job_") and len(job_id) < 64
+
+
+def _owned(rec: JobRecord | None, owner: str, job_id: str) -> JobRecord:
     if rec is None or rec.owner != owner:  # another owner's job does not exist for you
         raise JobNotFoundError(f"no job {job_id!r}")
     return rec
 
 
+def _job(svc: Services, owner: str, job_id: str) -> JobRecord:
+    return _owned(svc.jobs.get(job_id) if _plausible(job_id) else None, owner, job_id)
+
+
 async def _job_async(svc: Services, owner: str, job_id: str) -> JobRecord:
     if svc.aredis is None:  # no lifespan (an app used without starting it): the thread pool
         return await run_in_threadpool(_job, svc, owner, job_id)
-    rec = await svc.jobs.aget(svc.aredis, job_id) if job_id.startswith("job_") and len(job_id) < 64 else None
-    if rec is None or rec.owner != owner:
-        raise JobNotFoundError(f"no job {job_id!r}")
-    return rec
+    return _owned(await svc.jobs.aget(svc.aredis, job_id) if _plausible(job_id) else None, owner, job_id)
 
 
 def _accepted(rec: JobRecord, request: Request, replayed: bool = False) -> JSONResponse:

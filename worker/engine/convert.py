@@ -47,6 +47,7 @@ from worker.errors import (
     ResourceLimitError,
     UnsupportedOpError,
     first_line,
+    says_out_of_memory,
 )
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,19 @@ def _readonly_roots() -> list[str]:
         if p not in out:
             out.append(p)
     return out
+
+
+def _converter_env(home: str) -> dict[str, str]:
+    """The converter's whole environment (nothing of the caller's passes)."""
+    return {
+        "PATH": "/usr/bin:/bin",
+        "HOME": home,
+        "TMPDIR": home,
+        "PYTHONPATH": str(Path(worker.__file__).resolve().parent.parent),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONWARNINGS": "ignore::FutureWarning",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
 
 
 def bwrap_argv(model: Path, spec: Path, out_dir: Path) -> list[str] | None:
@@ -106,17 +120,7 @@ def bwrap_argv(model: Path, spec: Path, out_dir: Path) -> list[str] | None:
         str(out_dir),
         OUT_DIR,
     ]
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": "/tmp",
-        "TMPDIR": "/tmp",
-        "PYTHONPATH": str(Path(worker.__file__).resolve().parent.parent),
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONWARNINGS": "ignore::FutureWarning",
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-    }
+    env = {**_converter_env("/tmp"), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     for k, v in env.items():
         argv += ["--setenv", k, v]
     return argv
@@ -202,15 +206,7 @@ def torchscript_to_onnx(
             env = None
         else:
             argv = [*main, str(model), str(out), str(spec)]
-            env = {
-                "PATH": "/usr/bin:/bin",
-                "HOME": str(work),
-                "TMPDIR": str(work),
-                "PYTHONPATH": str(Path(worker.__file__).resolve().parent.parent),
-                "PYTHONDONTWRITEBYTECODE": "1",
-                "PYTHONWARNINGS": "ignore::FutureWarning",
-                "CUDA_VISIBLE_DEVICES": "",
-            }
+            env = _converter_env(str(work))
         t0 = time.perf_counter()
         try:
             res = subprocess.run(
@@ -237,7 +233,7 @@ def torchscript_to_onnx(
         if status is not None:
             cls = STATUS_CODES.get(status["code"], ConversionError)
             raise cls(status["detail"])
-        if res.returncode < 0 or _says_out_of_memory(chatter):
+        if res.returncode < 0 or says_out_of_memory(chatter):
             raise ResourceLimitError(
                 f"the TorchScript converter was stopped (exit {res.returncode}), most likely for memory"
             )
@@ -268,13 +264,6 @@ def _read_status(path: Path) -> dict[str, str] | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return {"code": code if code in STATUS_CODES else ConversionError.code, "detail": detail[:2000]}
-
-
-def _says_out_of_memory(text: str) -> bool:
-    from worker.errors import MEMORY_MARKERS
-
-    low = text.lower()
-    return "memoryerror" in low or any(m in low for m in MEMORY_MARKERS)
 
 
 # --- inside the sandbox -------------------------------------------------------------------------

@@ -160,9 +160,9 @@ def import_model(
 
     notes: list[str] = []
     isolation: dict[str, object] | None = None
-    onnx_model = None if model_checks.is_zip(path) else load_onnx(path)  # decoded and checked once
-    fmt = ModelFormat.ONNX if onnx_model is not None else sniff_format(path)
-    if fmt == ModelFormat.TORCHSCRIPT:
+    if model_checks.is_zip(path):
+        model_checks.check_torchscript(path)
+        fmt = ModelFormat.TORCHSCRIPT
         inputs = merge_inputs(None, user_inputs)
         model, isolation = torchscript_to_onnx(path, inputs, timeout=convert_timeout)
         notes.append(
@@ -172,8 +172,9 @@ def import_model(
         if not isolation["isolated"]:
             notes.append(f"Not isolated: {isolation['detail']}.")
     else:
-        model = onnx_model
-        inputs = merge_inputs(graph_inputs(model), user_inputs)  # type: ignore[arg-type]
+        fmt = ModelFormat.ONNX
+        model = load_onnx(path)  # decoded and checked once, by the API's rules
+        inputs = merge_inputs(graph_inputs(model), user_inputs)
     model = resolve_static_sequences(model)
     input_names, output_names = onnx_io_names(model)
     if list(inputs) != input_names:

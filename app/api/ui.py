@@ -2,7 +2,7 @@
 
 The pages hold no job data themselves, so API keys work the same as for curl: when the API answers
 401 the page asks for a key, keeps it in ``localStorage`` and sends ``Authorization: Bearer``.
-Nothing external is ever loaded (one CSS file, one vanilla JS file, both served here), and every page
+Nothing external is ever loaded (one CSS file and vanilla ES modules, all served here), and every page
 carries a Content-Security-Policy that says so.
 
 Pages: ``/`` (submit), ``/jobs`` (list), ``/jobs/{id}`` (live status and results),
@@ -101,11 +101,17 @@ def report_page(request: Request, job_id: str) -> HTMLResponse:
 
 
 @router.get("/static/{name}")
-def static_file(name: str, v: str | None = None) -> Response:
+def static_file(request: Request, name: str, v: str | None = None) -> Response:
+    """A static file. With the current ``?v=`` (the pages' entry script and stylesheet) it is cached
+    for a year; without it (the ES modules the entry script imports) the browser revalidates it
+    with ``If-None-Match`` and an unchanged file costs a ``304``."""
     path = STATIC / name
     suffix = Path(name).suffix
     if "/" in name or name.startswith(".") or suffix not in STATIC_TYPES or not path.is_file():
         raise NotFoundError(f"no static file {name!r}")
-    cache = "public, max-age=31536000, immutable" if v == _static_version(name) else "no-cache"
-    headers = {"Cache-Control": cache, "X-Content-Type-Options": "nosniff"}
+    version = _static_version(name)
+    cache = "public, max-age=31536000, immutable" if v == version else "no-cache"
+    headers = {"Cache-Control": cache, "X-Content-Type-Options": "nosniff", "ETag": f'"{version}"'}
+    if f'"{version}"' in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
     return FileResponse(path, media_type=STATIC_TYPES[suffix], headers=headers)

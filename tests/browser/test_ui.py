@@ -86,6 +86,15 @@ def test_submit_a_generator_and_watch_it_succeed(ui: Browser, generator_onnx: Pa
         options = page.eval_on_selector_all(f"[data-testid={testid}] option", "os => os.map(o => o.value)")
         assert options == [item["name"] for item in catalog[key]], testid
     assert page.input_value("[data-testid=export-opset]") == "17"
+    # Descriptions and which parameters apply come from the catalogue too.
+    methods = {m["name"]: m for m in catalog["prune_methods"]}
+    assert page.inner_text("#prune-method-help") == methods["channel"]["description"]
+    page.select_option("[data-testid=prune-method]", "unstructured")
+    assert "criterion" not in methods["unstructured"]["parameters"]["properties"]
+    assert page.is_disabled("[data-testid=prune-criterion]")
+    assert page.inner_text("#prune-method-help") == methods["unstructured"]["description"]
+    page.select_option("[data-testid=prune-method]", "channel")
+    assert page.is_enabled("[data-testid=prune-criterion]")
     ui.assert_labelled()
     page.set_input_files("[data-testid=model-input]", str(generator_onnx))
     page.select_option("[data-testid=prune-method]", "channel")

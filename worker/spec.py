@@ -3,7 +3,8 @@
 Everything a user can ask for is validated here, at submit time, so that a bad spec is a
 ``422`` (HTTP) or a one-line error (CLI) and never a job that fails half an hour later.
 Every closed set of names is a ``StrEnum``; each engine registry must implement every member
-(tests assert it).
+(tests assert it), and each member a user chooses (pruning method, criterion, loss, metric,
+quantization mode) is described in ``worker/core/catalog.py``, which refuses an incomplete table.
 """
 
 from __future__ import annotations

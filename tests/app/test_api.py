@@ -518,6 +518,16 @@ def test_catalog_lists_every_enum_member(client: TestClient) -> None:
         assert all(x["description"] for x in cat[key])
     channel = next(m for m in cat["prune_methods"] if m["name"] == "channel")
     assert {"ratio", "target_macs", "criterion"} <= set(channel["parameters"]["properties"])
+    block = next(m for m in cat["prune_methods"] if m["name"] == "block")
+    assert set(block["parameters"]["properties"]) == {"ratio", "blocks"}
+    from worker.core.catalog import METRICS
+
+    for m in cat["metrics"]:  # generated from the shared catalogue metadata, unit included
+        info = METRICS[MetricName(m["name"])]
+        assert m["description"].startswith(info.description) and info.unit in m["description"]
+        assert m["higher_is_better"] is info.higher_is_better
+    ms_ssim = next(m for m in cat["metrics"] if m["name"] == "ms_ssim")
+    assert "(0..1)" in ms_ssim["description"] and ms_ssim["gate"] is None
     assert channel["parameters"]["properties"]["ratio"]["anyOf"][0]["exclusiveMaximum"] == 1.0
     assert "properties" in cat["spec"] and "prune" in cat["spec"]["properties"]
 

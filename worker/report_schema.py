@@ -153,6 +153,11 @@ class RecoverySection(_Strict):
     )
     samples: int = Field(ge=0, description="Calibration inputs the layers were refitted on.")
     rows_per_layer: int = Field(ge=0, description="Sampled output positions per layer (least-squares rows).")
+    crop: int | None = Field(
+        None,
+        description="Side of the random square crops the inputs were cut to when full-size inputs did "
+        "not fit recovery's share of the budget; None: the full input size.",
+    )
     seconds: Figure
     quality_before: dict[str, float] = Field(description="Held-out metric right after pruning.")
     quality_after: dict[str, float] = Field(description="Held-out metric after the refit.")

@@ -243,6 +243,7 @@ def recovery_section(r: PipelineResult, metric: str) -> RecoverySection | Absent
         layers_skipped=res.skipped,
         samples=res.samples,
         rows_per_layer=res.rows,
+        crop=o.crop,
         seconds=Figure(
             value=res.seconds, unit="s", how="wall clock: one teacher pass, one student pass, the solves"
         ),
@@ -256,9 +257,12 @@ def recovery_section(r: PipelineResult, metric: str) -> RecoverySection | Absent
         notes=notes,
         how_measured=(
             "Each Conv/ConvTranspose/Linear layer, in the order the student runs them, refitted by ridge least "
-            "squares (lambda = 1e-3 x mean diagonal of X^T X) from the student's own inputs to the teacher's "
-            f"outputs of that layer on its kept channels, at up to {res.rows} sampled output positions of "
-            f"{res.samples} calibration inputs; a layer changes only if its error on those rows falls. "
+            "squares from the student's own inputs to the teacher's outputs of that layer on its kept channels, "
+            f"at up to {res.rows} sampled output positions of {res.samples} calibration inputs"
+            + (f" ({o.crop}x{o.crop} random crops)" if o.crop else "")
+            + ". The ridge shrinks towards the pruned weights; its strength (lambda = 1e-3 to 1 x mean diagonal "
+            "of X^T X) is chosen per layer by the error on the rows of every 4th input, fitted on the others, and "
+            "a layer changes only if that validation error falls (layer errors above are on those rows). "
             f"Held-out {metric} measured on the held-out inputs, which are never fitted on."
         ),
     )

@@ -70,6 +70,7 @@ class RecoveryOutcome:
     mse_before: float = math.nan  # held-out output MSE vs the teacher
     mse_after: float = math.nan
     unstable: bool = False  # undone: ONNX Runtime did not reproduce the refitted student
+    crop: int | None = None  # the calibration inputs were random crops of this side
 
 
 @dataclass
@@ -209,6 +210,30 @@ MIN_PATCH = 32  # automatic patches: half the input side, never below this
 AUTO_PATCH_MAX_STEPS = 500
 
 
+def patch_problem(
+    teacher: nn.Module, sampler: InputSampler, imported: ImportedModel, patch: int
+) -> str | None:
+    """Why the model cannot be trained or refitted on ``patch`` x ``patch`` crops of its image
+    inputs (None when it can): every input must be an image and the output must follow the input
+    size, checked by running the teacher at the patch size."""
+    images = [s for s in imported.inputs.values() if s.distribution == Distribution.CALIBRATION]
+    if not images or len(images) != len(imported.inputs):
+        return "the model has inputs that are not images"
+    side = min(min(s.shape[2], s.shape[3]) for s in images)
+    full = _forward(teacher, {k: v[:1] for k, v in sampler.train_batch(1).items()})
+    sampler.patch = patch
+    try:
+        small = _forward(teacher, sampler.train_batch(1))
+    except Exception as e:  # a fixed-size layer (reshape, global op)
+        return f"the model does not run on {patch}x{patch} crops ({first_line(e)})"
+    finally:
+        sampler.patch = None
+    expect = [round(d * patch / side) for d in full.shape[2:]]
+    if full.dim() != 4 or list(small.shape[2:]) != expect:
+        return f"the output does not follow the input size on {patch}x{patch} crops"
+    return None
+
+
 def choose_patch(
     teacher: nn.Module,
     sampler: InputSampler,
@@ -230,24 +255,9 @@ def choose_patch(
     patch = asked if asked is not None else side // 2
     if (asked is None and patch < MIN_PATCH) or patch >= side:
         return None, None
-    full = _forward(teacher, {k: v[:1] for k, v in sampler.train_batch(1).items()})
-    sampler.patch = patch
-    try:
-        small = _forward(teacher, sampler.train_batch(1))
-    except Exception as e:  # a fixed-size layer (reshape, global op): train at the full size
-        sampler.patch = None
-        return (
-            None,
-            f"trained at the full input size: the model does not run on {patch}x{patch} crops ({first_line(e)})",
-        )
-    finally:
-        sampler.patch = None
-    expect = [round(d * patch / side) for d in full.shape[2:]]
-    if full.dim() != 4 or list(small.shape[2:]) != expect:
-        return (
-            None,
-            f"trained at the full input size: the output does not follow the input size on {patch}x{patch} crops",
-        )
+    problem = patch_problem(teacher, sampler, imported, patch)
+    if problem:
+        return None, f"trained at the full input size: {problem}"
     why = f"about {full_size_steps:.0f} full-size steps fit the budget, " if asked is None else ""
     return patch, (
         f"trained on random {patch}x{patch} crops ({why}the model is fully convolutional: more steps per "
@@ -292,21 +302,47 @@ def probe_inputs(model: nn.Module, example: dict[str, torch.Tensor]) -> dict[str
 
 # Fewer inputs than this and the refit overfits what it saw: on the 23 GMAC RRDB, 14 images (all a
 # 120 s budget allowed) took held-out output MSE from 0.197 to 6.7 (the refit was undone, and its
-# 34 s were lost to distillation). Below it, recovery is skipped and distillation gets the time.
+# 34 s were lost to distillation). Below it, recovery runs on crops, or is skipped.
 MIN_RECOVERY_IMAGES, MIN_RECOVERY_LATENTS = 16, 64
+RECOVERY_IMAGES, RECOVERY_LATENTS = 32, 256
 
 
 def recovery_samples(spec: CompressionSpec, imported: ImportedModel, budget: Budget, seconds: float) -> int:
-    """Calibration inputs for recovery: the spec's, else 32 images / 256 latents, fewer when two
-    forward passes of them would not fit the ``seconds`` it may take (0: no time for any)."""
+    """Calibration inputs for recovery at the full input size: the spec's, else 32 images / 256
+    latents, fewer when two forward passes of them would not fit the ``seconds`` it may take (0:
+    too few for a refit that generalises)."""
     if spec.recover.samples is not None:
         return spec.recover.samples
     images = any(s.distribution == Distribution.CALIBRATION for s in imported.inputs.values())
-    n = 32 if images else 256
+    n = RECOVERY_IMAGES if images else RECOVERY_LATENTS
     per_sample = budget.per_sample_seconds()
     if per_sample > 0:  # two forward passes and the gathering: about 3 forwards per input
         n = min(n, int(seconds / (3 * per_sample)))
     return n if n >= (MIN_RECOVERY_IMAGES if images else MIN_RECOVERY_LATENTS) else 0
+
+
+def recovery_patch(
+    teacher: nn.Module, sampler: InputSampler, imported: ImportedModel, budget: Budget, seconds: float
+) -> tuple[int, int | None]:
+    """(samples, crop side) for recovery when too few full-size images fit its ``seconds``: the
+    same 32 images as random crops, the side chosen so that their passes fit (a forward costs
+    about its pixels), never below ``MIN_PATCH``; (0, None) when no crop fits or the model is not
+    fully convolutional. Refitting on crops is sound where training on them is: teacher and
+    student see the same crop, and every layer's rows are still thousands of positions."""
+    per_sample = budget.per_sample_seconds()
+    images = [s for s in imported.inputs.values() if s.distribution == Distribution.CALIBRATION]
+    if per_sample <= 0 or not images:
+        return 0, None
+    side = min(min(s.shape[2], s.shape[3]) for s in images)
+    fit = seconds / (3 * per_sample)  # full-size images that fit
+    patch = int(side * math.sqrt(fit / RECOVERY_IMAGES)) // 8 * 8
+    n = RECOVERY_IMAGES
+    if patch < MIN_PATCH:
+        patch = MIN_PATCH
+        n = int(fit * (side / MIN_PATCH) ** 2)
+    if patch >= side or n < MIN_RECOVERY_IMAGES or patch_problem(teacher, sampler, imported, patch):
+        return 0, None
+    return n, patch
 
 
 def _recover(
@@ -600,9 +636,13 @@ def run_pipeline(
         emit(Progress(stage=Stage.RECOVER, message="least-squares refit of each layer"))
         tr = time.perf_counter()
         deadline = budget.share_deadline(RECOVER_SHARE)
-        n = recovery_samples(spec, imported, budget, deadline - tr)
+        n, patch = recovery_samples(spec, imported, budget, deadline - tr), None
+        if not n and spec.recover.samples is None:
+            n, patch = recovery_patch(teacher, sampler, imported, budget, deadline - time.perf_counter())
         if n:
+            sampler.patch = patch
             batch = sampler.train_batch(n)
+            sampler.patch = None
             recovery = _recover(
                 teacher,
                 student,
@@ -614,6 +654,7 @@ def run_pipeline(
                 deadline,
                 spec.seed,
             )
+            recovery.crop = patch
             del batch
             seconds["recover"] = time.perf_counter() - tr
         else:

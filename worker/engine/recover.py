@@ -38,7 +38,9 @@ from worker.engine.rewrite import Demodulation
 
 log = logging.getLogger(__name__)
 
-RIDGE = 1e-3  # lam = RIDGE * mean diagonal of X^T X (scale-free)
+RIDGE = 1e-3  # lam = RIDGE * mean diagonal of X^T X (scale-free), when a fixed ridge is asked for
+RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # the automatic ridge is chosen from these per layer
+VALIDATE_EVERY = 4  # every 4th calibration sample's rows choose the ridge
 MAX_ROWS = 8192  # sampled output positions per layer
 FLOAT64_GRAM_MAX = 512  # wider Gram matrices are accumulated in float32 (2x faster), solved in float64
 REFITTABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
@@ -210,30 +212,59 @@ def set_conv_form_weight(layer: nn.Module, w: torch.Tensor) -> None:
     layer.weight.data.copy_(w.reshape(layer.weight.shape))
 
 
-def ridge_fit(
-    x: torch.Tensor, y: torch.Tensor, groups: int, with_bias: bool, ridge: float = RIDGE
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Least squares ``y ~ x W^T + b`` per group: ``x [P, g*D]``, ``y [P, Cout]`` ->
-    (``W [Cout, D]``, ``b [Cout]`` or None). The bias is not regularised."""
-    p = x.shape[0]
-    d = x.shape[1] // groups
-    cog = y.shape[1] // groups
-    ws, bs = [], []
+def _grams(
+    x: torch.Tensor, y: torch.Tensor, groups: int, with_bias: bool
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per group: ``(A, B) = (X^T X, X^T Y)`` in float64, ``X`` with a column of ones when the
+    layer has a bias."""
+    p, d, cog = x.shape[0], x.shape[1] // groups, y.shape[1] // groups
     gram_dtype = torch.float64 if d <= FLOAT64_GRAM_MAX else torch.float32
+    out = []
     for g in range(groups):
         xg = x[:, g * d : (g + 1) * d].to(gram_dtype)
         yg = y[:, g * cog : (g + 1) * cog].to(gram_dtype)
         if with_bias:
             xg = torch.cat([xg, xg.new_ones(p, 1)], dim=1)
-        a = (xg.T @ xg).double()
+        out.append(((xg.T @ xg).double(), (xg.T @ yg).double()))
+    return out
+
+
+def _solve(
+    grams: list[tuple[torch.Tensor, torch.Tensor]],
+    d: int,
+    ridge: float,
+    prior: torch.Tensor | None,
+    with_bias: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``argmin ||X W^T + b - Y||^2 + lam ||W - prior||^2`` per group from its Gram matrices;
+    ``lam = ridge * mean diagonal of X^T X`` (scale-free); the bias is not regularised."""
+    ws, bs = [], []
+    for g, (a, b) in enumerate(grams):
+        cog = b.shape[1]
         lam = ridge * float(a.diagonal()[:d].mean().clamp_min(1e-12))
+        a = a.clone()
         a.diagonal()[:d] += lam
-        sol = torch.linalg.solve(a, (xg.T @ yg).double())  # [D(+1), cog]
+        if prior is not None:
+            b = b.clone()
+            b[:d] += lam * prior[g * cog : (g + 1) * cog].T.double()
+        sol = torch.linalg.solve(a, b)  # [D(+1), cog]
         ws.append(sol[:d].T)
         if with_bias:
             bs.append(sol[d])
-    w = torch.cat(ws).float()
-    return w, (torch.cat(bs).float() if with_bias else None)
+    return torch.cat(ws).float(), (torch.cat(bs).float() if with_bias else None)
+
+
+def ridge_fit(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    groups: int,
+    with_bias: bool,
+    ridge: float = RIDGE,
+    prior: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Least squares ``y ~ x W^T + b`` per group, shrunk towards ``prior`` (``[Cout, D]``; zero
+    when None): ``x [P, g*D]``, ``y [P, Cout]`` -> (``W [Cout, D]``, ``b [Cout]`` or None)."""
+    return _solve(_grams(x, y, groups, with_bias), x.shape[1] // groups, ridge, prior, with_bias)
 
 
 def _predict(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, groups: int) -> torch.Tensor:
@@ -243,26 +274,69 @@ def _predict(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, groups: i
     return out + b if b is not None else out
 
 
+def _error(
+    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, groups: int, scale: float
+) -> float:
+    return float((_predict(x, w, b, groups) - y).pow(2).mean()) / scale
+
+
 def refit_layer(
-    layer: nn.Module, x: torch.Tensor, y: torch.Tensor, ridge: float = RIDGE
+    layer: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ridge: float | None = RIDGE,
+    validate: torch.Tensor | None = None,
+    to_pruned: bool = True,
 ) -> tuple[float, float]:
-    """Refit ``layer`` so its output rows match ``y`` given input rows ``x``; keep the old weights
-    if the fit is not better on these rows. Returns (relative error before, after)."""
+    """Refit ``layer`` so its output rows match ``y`` given input rows ``x``, shrinking towards
+    its current (pruned) weights rather than towards zero: where the rows say little, the teacher's
+    own weights on the kept channels are the better guess. Returns (relative error before, after);
+    the old weights stay when the fit is not better.
+
+    ``validate`` (a boolean mask over the rows, rows of other samples than the rest): the ridge is
+    then chosen from ``RIDGE_GRID`` by the error on those rows of a fit on the others, the final
+    fit uses all rows, and the errors returned are the validation rows' (what generalises, not
+    what was fitted). ``ridge=None`` needs ``validate``. ``to_pruned=False`` shrinks towards zero
+    (plain ridge regression, the first version of this step; kept for the benchmark)."""
     groups = int(getattr(layer, "groups", 1))
     bias = layer.bias
     w0 = conv_form_weight(layer)
+    prior = w0 if to_pruned else None
     b0 = bias.detach() if bias is not None else None
-    scale = float(y.pow(2).mean().clamp_min(1e-12))
-    before = float((_predict(x, w0, b0, groups) - y).pow(2).mean()) / scale
-    w, b = ridge_fit(x, y, groups, bias is not None, ridge)
-    after = float((_predict(x, w, b, groups) - y).pow(2).mean()) / scale
-    if not (after < before) or not torch.isfinite(w).all():
+    d, with_bias = x.shape[1] // groups, bias is not None
+    if validate is not None and bool(validate.any()) and bool((~validate).any()):
+        xv, yv = x[validate], y[validate]
+        scale = float(yv.pow(2).mean().clamp_min(1e-12))
+        before = _error(xv, yv, w0, b0, groups, scale)
+        grams = _grams(x[~validate], y[~validate], groups, with_bias)
+        grid = RIDGE_GRID if ridge is None else (ridge,)
+        tried = {r: _error(xv, yv, *_solve(grams, d, r, prior, with_bias), groups, scale) for r in grid}
+        ridge = min(tried, key=lambda r: tried[r])
+        after = tried[ridge]
+        if not (after < before):
+            return before, before
+        w, b = ridge_fit(x, y, groups, with_bias, ridge, prior)
+    else:
+        if ridge is None:
+            raise ValueError("an automatic ridge needs validation rows")
+        scale = float(y.pow(2).mean().clamp_min(1e-12))
+        before = _error(x, y, w0, b0, groups, scale)
+        w, b = ridge_fit(x, y, groups, with_bias, ridge, prior)
+        after = _error(x, y, w, b, groups, scale)
+        if not (after < before):
+            return before, before
+    if not torch.isfinite(w).all():
         return before, before
     with torch.no_grad():
         set_conv_form_weight(layer, w)
         if bias is not None and b is not None:
             bias.copy_(b)
     return before, after
+
+
+def validation_rows(pos: torch.Tensor, every: int = VALIDATE_EVERY) -> torch.Tensor:
+    """Rows of every ``every``-th sample (4-d positions: the batch index; otherwise the row)."""
+    return (pos[:, 0] % every) == 0
 
 
 # --- the two passes -----------------------------------------------------------------------------
@@ -324,8 +398,9 @@ def recover(
     *,
     deadline: float | None = None,
     rows: int = MAX_ROWS,
-    ridge: float = RIDGE,
+    ridge: float | None = None,
     seed: int = 0,
+    to_pruned: bool = True,
 ) -> RecoveryResult:
     """Refit the student's layers in place (see the module docstring). ``kept``: layer -> teacher
     indices of its kept output channels (layers not named kept all of them). ``deadline``: a
@@ -357,7 +432,7 @@ def recover(
             pos, y = targets.pop(name)
             try:
                 x = layer_rows(layer, args[0], pos)
-                before, after = refit_layer(layer, x, y, ridge)
+                before, after = refit_layer(layer, x, y, ridge, validation_rows(pos), to_pruned)
             except (RuntimeError, ValueError) as e:  # singular system, odd geometry: leave it
                 result.skipped[name] = f"not refitted: {str(e).splitlines()[0][:120]}"
                 return

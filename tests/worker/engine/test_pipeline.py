@@ -223,3 +223,35 @@ def test_recovery_inputs_fit_the_time_left_or_recovery_is_skipped(tiny_onnx: dic
     assert recovery_samples(spec, image_model, budget, seconds=3 * 0.1 * (MIN_RECOVERY_IMAGES - 1)) == 0
     asked = CompressionSpec.model_validate({"recover": {"samples": 5}})
     assert recovery_samples(asked, image_model, budget, seconds=0.0) == 5  # the user's choice stands
+
+
+def test_recovery_runs_on_crops_when_full_size_inputs_do_not_fit(tiny_onnx: dict[str, Path]) -> None:
+    """A fully convolutional model whose full-size images do not fit recovery's time gets the same
+    32 images as smaller crops; a model that does not follow the input size gets nothing."""
+    import dataclasses
+
+    import numpy as np
+
+    from worker.engine.budget import Budget
+    from worker.engine.importers import import_model
+    from worker.engine.pipeline import MIN_PATCH, RECOVERY_IMAGES, recovery_patch
+    from worker.engine.sampling import InputSampler
+    from worker.spec import Distribution, InputSpec
+
+    imported = import_model(tiny_onnx["resnet"], None)  # fully convolutional
+    (name,) = imported.inputs
+    big = InputSpec(shape=[1, 3, 128, 128], distribution=Distribution.CALIBRATION)
+    imported = dataclasses.replace(imported, inputs={name: big})
+    cal = np.tanh(np.random.default_rng(0).normal(size=(20, 3, 128, 128))).astype(np.float32)
+    sampler = InputSampler(imported.inputs, {name: cal})
+    teacher = imported.module.eval()
+    budget = Budget(120.0, heldout_forward_seconds=1.0, heldout_size=10)  # 0.1 s per full-size image
+    # 8 full-size images fit: 32 crops of side 128 * sqrt(8 / 32) = 64 cost the same
+    assert recovery_patch(teacher, sampler, imported, budget, seconds=3 * 0.1 * 8) == (RECOVERY_IMAGES, 64)
+    # 1 fits: crops would be 32 px at most; at the smallest side 16 of them fit
+    n, side = recovery_patch(teacher, sampler, imported, budget, seconds=3 * 0.1 * 1)
+    assert side == MIN_PATCH and n == 16
+    assert recovery_patch(teacher, sampler, imported, budget, seconds=3 * 0.1 * 0.5) == (0, None)
+    latent = import_model(tiny_onnx["dcgan"], None)  # not an image model
+    z_sampler = InputSampler(latent.inputs, {})
+    assert recovery_patch(latent.module.eval(), z_sampler, latent, budget, seconds=0.3) == (0, None)

@@ -174,3 +174,36 @@ def test_the_export_check_catches_a_student_onnx_runtime_does_not_reproduce() ->
     }  # traced on the first 2
     assert not _exports_faithfully(Baked().eval(), heldout)
     assert _exports_faithfully(nn.Conv2d(3, 3, 3, padding=1).eval(), heldout)
+
+
+def test_an_automatic_ridge_shrinks_towards_the_pruned_weights_where_rows_say_little() -> None:
+    """Barely more rows than weights, noisy targets: plain least squares fits the noise and does
+    worse than the pruned weights on fresh inputs of the same distribution; the automatic ridge,
+    validated on other samples' rows, keeps close to the pruned weights and is no worse than them."""
+    torch.manual_seed(0)
+    true = nn.Linear(16, 4)
+    pruned = copy.deepcopy(true)
+    with torch.no_grad():
+        pruned.weight.add_(0.05 * torch.randn_like(pruned.weight))  # close to the truth
+    x = torch.randn(24, 16)
+    with torch.no_grad():
+        y = true(x) + 0.5 * torch.randn(24, 4)  # noisy targets
+    fresh = torch.randn(2000, 16)
+
+    def fresh_error(layer: nn.Module) -> float:
+        with torch.no_grad():
+            return float((layer(fresh) - true(fresh)).pow(2).mean())
+
+    plain = copy.deepcopy(pruned)
+    R.refit_layer(plain, x, y, ridge=1e-6, to_pruned=False)
+    auto = copy.deepcopy(pruned)
+    R.refit_layer(auto, x, y, ridge=None, validate=R.validation_rows(torch.arange(24)[:, None]))
+    assert fresh_error(plain) > 3 * fresh_error(pruned)  # the trap is real
+    assert fresh_error(auto) <= fresh_error(pruned) * 1.05
+
+
+def test_validation_rows_are_whole_samples() -> None:
+    pos = torch.tensor([[0, 1, 1], [1, 0, 0], [4, 2, 2], [5, 3, 3], [8, 0, 1]])
+    assert R.validation_rows(pos).tolist() == [True, False, True, False, True]
+    with pytest.raises(ValueError, match="validation rows"):
+        R.refit_layer(nn.Linear(2, 2), torch.randn(5, 2), torch.randn(5, 2), ridge=None)

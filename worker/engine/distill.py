@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worker.engine.prune import apply_masks, channels_out, prunable_layers
+from worker.engine.registry import Registry
 from worker.engine.sampling import InputSampler
 from worker.errors import BadSpecError, CanceledError
 from worker.spec import DistillSpec, LossName, Progress, Stage
@@ -29,38 +30,25 @@ log = logging.getLogger(__name__)
 FeaturePairs = list[tuple[torch.Tensor, torch.Tensor]]  # (adapted student feature, teacher feature)
 LossFn = Callable[[torch.Tensor, torch.Tensor, FeaturePairs, float], torch.Tensor]
 
-LOSSES: dict[LossName, LossFn] = {}
+LOSSES: Registry[LossName, LossFn] = Registry("loss", LossName, BadSpecError)
 MAX_FEATURE_LAYERS = 4
 
 
-def register_loss(name: LossName) -> Callable[[LossFn], LossFn]:
-    def deco(fn: LossFn) -> LossFn:
-        if name in LOSSES:
-            raise ValueError(f"loss {name!r} registered twice")
-        LOSSES[name] = fn
-        return fn
-
-    return deco
-
-
 def get_loss(name: str) -> LossFn:
-    try:
-        return LOSSES[LossName(name)]
-    except (KeyError, ValueError) as e:
-        raise BadSpecError(f"unknown loss {name!r}; valid: {', '.join(n.value for n in LOSSES)}") from e
+    return LOSSES.get(name)
 
 
-@register_loss(LossName.L1)
+@LOSSES.register(LossName.L1)
 def _l1(s: torch.Tensor, t: torch.Tensor, feats: FeaturePairs, data_range: float) -> torch.Tensor:
     return F.l1_loss(s, t)
 
 
-@register_loss(LossName.MSE)
+@LOSSES.register(LossName.MSE)
 def _mse(s: torch.Tensor, t: torch.Tensor, feats: FeaturePairs, data_range: float) -> torch.Tensor:
     return F.mse_loss(s, t)
 
 
-@register_loss(LossName.SSIM)
+@LOSSES.register(LossName.SSIM)
 def _ssim(s: torch.Tensor, t: torch.Tensor, feats: FeaturePairs, data_range: float) -> torch.Tensor:
     """1 - SSIM for image outputs [N, C, H, W]; other outputs fall back to L1."""
     if s.dim() != 4:
@@ -70,7 +58,7 @@ def _ssim(s: torch.Tensor, t: torch.Tensor, feats: FeaturePairs, data_range: flo
     return 1.0 - ssim(s, t, data_range=data_range, reduction="mean")
 
 
-@register_loss(LossName.FEATURE)
+@LOSSES.register(LossName.FEATURE)
 def _feature(s: torch.Tensor, t: torch.Tensor, feats: FeaturePairs, data_range: float) -> torch.Tensor:
     """Mean MSE between adapted student features and teacher features, each normalised by the
     teacher feature's mean square (so layers of any scale weigh alike)."""

@@ -14,6 +14,7 @@ import onnx
 import torch
 from torch import nn
 
+from worker.engine.registry import Registry
 from worker.errors import ExportError, first_line
 from worker.spec import Quantize
 
@@ -162,20 +163,10 @@ def torch_vs_onnx(model: nn.Module, onnx_model: onnx.ModelProto, batch: dict[str
     return float(np.abs(out.numpy() - ref).max())
 
 
-QUANTIZERS: dict[Quantize, QuantizeFn] = {}
+QUANTIZERS: Registry[Quantize, QuantizeFn] = Registry("quantize mode", Quantize, ExportError)
 
 
-def register_quantizer(name: Quantize) -> Callable[[QuantizeFn], QuantizeFn]:
-    def deco(fn: QuantizeFn) -> QuantizeFn:
-        if name in QUANTIZERS:
-            raise ValueError(f"quantizer {name!r} registered twice")
-        QUANTIZERS[name] = fn
-        return fn
-
-    return deco
-
-
-@register_quantizer(Quantize.NONE)
+@QUANTIZERS.register(Quantize.NONE)
 def _none(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]]) -> onnx.ModelProto:
     return model
 
@@ -188,7 +179,7 @@ def _with_files(fn: Callable[[Path, Path], None], model: onnx.ModelProto) -> onn
         return onnx.load(str(dst))
 
 
-@register_quantizer(Quantize.INT8_DYNAMIC)
+@QUANTIZERS.register(Quantize.INT8_DYNAMIC)
 def _int8_dynamic(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]]) -> onnx.ModelProto:
     """Weights int8 ahead of time, activations quantized per batch at run time (ConvInteger /
     MatMulInteger)."""
@@ -197,7 +188,7 @@ def _int8_dynamic(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]]) ->
     return _with_files(lambda s, d: quantize_dynamic(str(s), str(d), weight_type=QuantType.QInt8), model)
 
 
-@register_quantizer(Quantize.INT8_STATIC)
+@QUANTIZERS.register(Quantize.INT8_STATIC)
 def _int8_static(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]]) -> onnx.ModelProto:
     """QDQ int8 with activation ranges calibrated on the distillation inputs."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -225,7 +216,7 @@ def _int8_static(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]]) -> 
     )
 
 
-@register_quantizer(Quantize.FP16)
+@QUANTIZERS.register(Quantize.FP16)
 def _fp16(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]]) -> onnx.ModelProto:
     """Weights and activations in float16; inputs and outputs stay float32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16

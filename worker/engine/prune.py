@@ -24,6 +24,7 @@ import torch
 import torch_pruning as tp
 from torch import fx, nn
 
+from worker.engine.registry import Registry
 from worker.engine.rewrite import CUSTOM_PRUNERS
 from worker.errors import PruningError
 from worker.spec import MAX_CHANNEL_RATIO, Criterion, PruneSpec
@@ -229,33 +230,18 @@ class NormScaleImportance(tp.importance.Importance):
         return imp if imp is not None else self.fallback(group)
 
 
-CRITERIA: dict[Criterion, Callable[[], tp.importance.Importance]] = {}
-
-
-def register_criterion(name: Criterion) -> Callable[[Callable[[], tp.importance.Importance]], object]:
-    def deco(factory: Callable[[], tp.importance.Importance]) -> Callable[[], tp.importance.Importance]:
-        if name in CRITERIA:
-            raise ValueError(f"criterion {name!r} registered twice")
-        CRITERIA[name] = factory
-        return factory
-
-    return deco
-
-
-register_criterion(Criterion.L1)(lambda: tp.importance.GroupMagnitudeImportance(p=1))
-register_criterion(Criterion.L2)(lambda: tp.importance.GroupMagnitudeImportance(p=2))
-register_criterion(Criterion.BN_SCALE)(NormScaleImportance)
-register_criterion(Criterion.TAYLOR)(lambda: tp.importance.GroupTaylorImportance())
-register_criterion(Criterion.RANDOM)(lambda: tp.importance.RandomImportance())
+CRITERIA: Registry[Criterion, Callable[[], tp.importance.Importance]] = Registry(
+    "criterion", Criterion, PruningError
+)
+CRITERIA.add(Criterion.L1, lambda: tp.importance.GroupMagnitudeImportance(p=1))
+CRITERIA.add(Criterion.L2, lambda: tp.importance.GroupMagnitudeImportance(p=2))
+CRITERIA.add(Criterion.BN_SCALE, NormScaleImportance)
+CRITERIA.add(Criterion.TAYLOR, lambda: tp.importance.GroupTaylorImportance())
+CRITERIA.add(Criterion.RANDOM, lambda: tp.importance.RandomImportance())
 
 
 def criterion(name: Criterion) -> tp.importance.Importance:
-    try:
-        return CRITERIA[Criterion(name)]()
-    except (KeyError, ValueError) as e:
-        raise PruningError(
-            f"unknown criterion {name!r}; valid: {', '.join(c.value for c in CRITERIA)}"
-        ) from e
+    return CRITERIA.get(name)()
 
 
 @dataclass

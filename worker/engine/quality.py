@@ -17,7 +17,7 @@ window that fits, with sigma scaled by the same factor (``window / 11``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from worker.engine.registry import Registry
 from worker.spec import MetricName
 
 logger = logging.getLogger(__name__)
@@ -58,42 +59,7 @@ class Metric:
     description: str
 
 
-class MetricRegistry:
-    """Name -> :class:`Metric`. Refuses duplicates; unknown names raise ``KeyError`` listing the
-    valid ones."""
-
-    def __init__(self) -> None:
-        self._items: dict[str, Metric] = {}
-
-    def register(self, metric: Metric) -> Metric:
-        key = str(metric.name)
-        if key in self._items:
-            raise ValueError(f"metric {key!r} is already registered")
-        self._items[key] = metric
-        return metric
-
-    def get(self, name: str) -> Metric:
-        try:
-            return self._items[str(name)]
-        except KeyError:
-            raise KeyError(f"unknown metric {name!r}; valid: {sorted(self._items)}") from None
-
-    __getitem__ = get
-
-    def __contains__(self, name: object) -> bool:
-        return str(name) in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def names(self) -> list[str]:
-        return list(self._items)
-
-
-metrics = MetricRegistry()
+metrics: Registry[MetricName, Metric] = Registry("metric", MetricName, KeyError)
 
 
 # ----------------------------------------------------------------------------- SSIM core
@@ -238,7 +204,8 @@ def _ssim_metric(student: Tensor, teacher: Tensor, data_range: float) -> Tensor:
     return ssim(student, teacher, data_range, reduction="none")
 
 
-metrics.register(
+metrics.add(
+    MetricName.PSNR,
     Metric(
         MetricName.PSNR,
         psnr,
@@ -246,9 +213,10 @@ metrics.register(
         unit="dB",
         needs_image=False,
         description=f"10*log10(data_range^2/MSE) per sample, capped at {PSNR_CAP_DB:g} dB",
-    )
+    ),
 )
-metrics.register(
+metrics.add(
+    MetricName.SSIM,
     Metric(
         MetricName.SSIM,
         _ssim_metric,
@@ -256,9 +224,10 @@ metrics.register(
         unit="ratio (-1..1)",
         needs_image=True,
         description="SSIM, gaussian window 11 sigma 1.5, per channel, valid region, averaged",
-    )
+    ),
 )
-metrics.register(
+metrics.add(
+    MetricName.MS_SSIM,
     Metric(
         MetricName.MS_SSIM,
         ms_ssim,
@@ -266,9 +235,10 @@ metrics.register(
         unit="ratio (0..1)",
         needs_image=True,
         description=f"MS-SSIM, 5 scales (needs min(H, W) >= {MS_SSIM_MIN_SIDE})",
-    )
+    ),
 )
-metrics.register(
+metrics.add(
+    MetricName.L1,
     Metric(
         MetricName.L1,
         mean_l1,
@@ -276,7 +246,7 @@ metrics.register(
         unit="output units (mean |student - teacher|)",
         needs_image=False,
         description="mean absolute difference per sample",
-    )
+    ),
 )
 
 

@@ -49,6 +49,7 @@ from worker.engine.importers.torch_module import (
     parity,
     to_torch,
 )
+from worker.engine.registry import Registry
 from worker.errors import (
     ConversionError,
     MissingInputSpecError,
@@ -148,6 +149,42 @@ def check_inputs(imported: ImportedModel, inputs: dict[str, InputSpec] | None = 
     return _checked_parity(imported.module, imported.onnx_model, inputs or imported.inputs)
 
 
+@dataclass
+class ReadGraph:
+    """What a format's reader gives the rest of the import: the model as an ONNX graph."""
+
+    model: onnx.ModelProto
+    inputs: dict[str, InputSpec]
+    notes: list[str] = field(default_factory=list)
+    isolation: dict[str, object] | None = None  # TorchScript: how the converter was isolated
+
+
+ReadFn = Callable[[Path, "dict[str, InputSpec] | None", "float | None"], ReadGraph]
+READERS: Registry[ModelFormat, ReadFn] = Registry("importer", ModelFormat, UnsupportedOpError)
+
+
+@READERS.register(ModelFormat.ONNX)
+def _read_onnx(path: Path, user_inputs: dict[str, InputSpec] | None, timeout: float | None) -> ReadGraph:
+    model = load_onnx(path)  # decoded and checked once, by the API's rules
+    return ReadGraph(model, merge_inputs(graph_inputs(model), user_inputs))
+
+
+@READERS.register(ModelFormat.TORCHSCRIPT)
+def _read_torchscript(
+    path: Path, user_inputs: dict[str, InputSpec] | None, timeout: float | None
+) -> ReadGraph:
+    model_checks.check_torchscript(path)
+    inputs = merge_inputs(None, user_inputs)
+    model, isolation = torchscript_to_onnx(path, inputs, timeout=timeout)
+    notes = [
+        "TorchScript was exported to ONNX (opset 17, TorchScript exporter) in the converter sandbox "
+        f"({isolation['converter']}) before conversion."
+    ]
+    if not isolation["isolated"]:
+        notes.append(f"Not isolated: {isolation['detail']}.")
+    return ReadGraph(model, inputs, notes, isolation)
+
+
 def import_model(
     path: Path,
     user_inputs: dict[str, InputSpec] | None,
@@ -158,23 +195,9 @@ def import_model(
     ``convert_timeout``: wall clock of the TorchScript converter (a model that never returns)."""
     from worker.engine.batching import fixed_batch
 
-    notes: list[str] = []
-    isolation: dict[str, object] | None = None
-    if model_checks.is_zip(path):
-        model_checks.check_torchscript(path)
-        fmt = ModelFormat.TORCHSCRIPT
-        inputs = merge_inputs(None, user_inputs)
-        model, isolation = torchscript_to_onnx(path, inputs, timeout=convert_timeout)
-        notes.append(
-            "TorchScript was exported to ONNX (opset 17, TorchScript exporter) in the converter sandbox "
-            f"({isolation['converter']}) before conversion."
-        )
-        if not isolation["isolated"]:
-            notes.append(f"Not isolated: {isolation['detail']}.")
-    else:
-        fmt = ModelFormat.ONNX
-        model = load_onnx(path)  # decoded and checked once, by the API's rules
-        inputs = merge_inputs(graph_inputs(model), user_inputs)
+    fmt = ModelFormat.TORCHSCRIPT if model_checks.is_zip(path) else ModelFormat.ONNX
+    read = READERS.get(fmt)(path, user_inputs, convert_timeout)
+    model, inputs, notes, isolation = read.model, read.inputs, read.notes, read.isolation
     model = resolve_static_sequences(model)
     input_names, output_names = onnx_io_names(model)
     if list(inputs) != input_names:
@@ -201,7 +224,7 @@ def import_model(
         notes,
         fixed_batch=batch,
         dynamic_axes=interface_axes(model),
-        isolation=isolation if fmt == ModelFormat.TORCHSCRIPT else None,
+        isolation=isolation,
     )
 
 
@@ -210,7 +233,9 @@ __all__ = [
     "GRAPH_IR_VERSION",
     "PARITY_TOLERANCE",
     "PROBE_SIDES",
+    "READERS",
     "ImportedModel",
+    "ReadGraph",
     "check_inputs",
     "downgrade_opset",
     "dynamic_spatial_inputs",

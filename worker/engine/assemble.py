@@ -21,7 +21,7 @@ import onnx
 from worker.engine import allocate, measure, quality
 from worker.engine import report as rep
 from worker.engine.export import ort_run
-from worker.engine.pipeline import PipelineResult
+from worker.engine.result import PipelineResult
 from worker.report_schema import (
     Absent,
     CurvePoint,

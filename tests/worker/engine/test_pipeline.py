@@ -150,42 +150,63 @@ def test_progress_eta_is_the_whole_jobs() -> None:
     assert seen[-1].eta_seconds == 0.0
 
 
+def _bench(imported: object, sampler: object, budget: object = None) -> object:
+    """A workbench around ``imported`` for the stage functions that need only part of it."""
+    from worker.engine.budget import Budget
+    from worker.engine.stages.setup import Workbench, forward
+
+    teacher = imported.module.eval()  # type: ignore[attr-defined]
+    heldout = sampler.heldout(2)  # type: ignore[attr-defined]
+    example = sampler.train_batch(2)  # type: ignore[attr-defined]
+    return Workbench(
+        imported=imported,  # type: ignore[arg-type]
+        teacher=teacher,
+        student=teacher,
+        sampler=sampler,  # type: ignore[arg-type]
+        heldout=heldout,
+        teacher_heldout=forward(teacher, heldout),
+        data_range=2.0,
+        example=example,
+        small=example,
+        budget=budget or Budget(60.0),  # type: ignore[arg-type]
+        emit=lambda p: None,
+        stop=lambda: False,
+    )
+
+
 def test_patches_only_for_models_that_follow_the_input_size(
-    tiny_onnx: dict[str, Path], tmp_path: Path
+    tiny_onnx: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import numpy as np
 
     from tests.worker.engine import wild
     from worker.engine.importers import import_model
-    from worker.engine.pipeline import choose_patch
     from worker.engine.sampling import InputSampler
+    from worker.engine.stages import training
+    from worker.engine.stages.training import choose_patch
 
-    def sampler_for(imported: object, side: int) -> InputSampler:
+    def bench_for(imported: object, side: int) -> object:
         images = np.tanh(np.random.default_rng(0).normal(size=(12, 3, side, side))).astype(np.float32)
-        return InputSampler(imported.inputs, {"image": images}, seed=0)  # type: ignore[attr-defined]
+        return _bench(imported, InputSampler(imported.inputs, {"image": images}, seed=0))  # type: ignore[attr-defined]
 
     conv = import_model(tiny_onnx["resnet"], None)  # fully convolutional, 16x16
-    s = sampler_for(conv, 16)
-    assert choose_patch(conv.module, s, conv, None) == (None, None)  # auto: half of 16 is below 32
-    patch, note = choose_patch(conv.module, s, conv, 8)
+    b = bench_for(conv, 16)
+    assert choose_patch(b, None) == (None, None)  # auto: half of 16 is below 32
+    patch, note = choose_patch(b, 8)
     assert patch == 8 and note is not None and "8x8 crops" in note
-    assert choose_patch(conv.module, s, conv, 0) == (None, None)
-    import worker.engine.pipeline as P
-
-    P.MIN_PATCH, old = 8, P.MIN_PATCH  # the automatic choice, as for a 64x64 model
-    try:
-        assert choose_patch(conv.module, s, conv, None, full_size_steps=10_000) == (None, None)  # many steps
-        patch, note = choose_patch(conv.module, s, conv, None, full_size_steps=50)  # few steps: patches
-        assert patch == 8 and "about 50 full-size steps" in str(note)
-    finally:
-        P.MIN_PATCH = old
+    assert choose_patch(b, 0) == (None, None)
+    monkeypatch.setattr(training, "MIN_PATCH", 8)  # the automatic choice, as for a 64x64 model
+    assert choose_patch(b, None, full_size_steps=10_000) == (None, None)  # many steps
+    patch, note = choose_patch(b, None, full_size_steps=50)  # few steps: patches
+    assert patch == 8 and "about 50 full-size steps" in str(note)
+    s = b.sampler  # type: ignore[attr-defined]
     s.patch = 8
     assert s.train_batch(3)["image"].shape == (3, 3, 8, 8)
     assert s.heldout(2)["image"].shape == (2, 3, 16, 16)  # held-out stays at the full size
 
     attn = import_model(wild.export_onnx("attention", tmp_path / "attn.onnx"), None)  # x.view(C, H*W)
     side = attn.inputs["image"].shape[2]
-    patch, note = choose_patch(attn.module, sampler_for(attn, side), attn, side // 2)
+    patch, note = choose_patch(bench_for(attn, side), side // 2)
     assert patch is None and note is not None and note.startswith("trained at the full input size")
 
 
@@ -195,34 +216,41 @@ def test_structure_passes_run_on_a_small_crop_where_the_model_allows(
     import torch
 
     from tests.worker.engine import wild
-    from worker.engine import pipeline as P
     from worker.engine.importers import import_model
+    from worker.engine.stages import setup as S
 
-    monkeypatch.setattr(P, "PROBE_SIDES", (4, 8))
+    monkeypatch.setattr(S, "PROBE_SIDES", (4, 8))
     conv = import_model(tiny_onnx["resnet"], None)  # fully convolutional, 16x16
     example = {"image": torch.rand(2, 3, 16, 16) * 2 - 1}
-    small = P.probe_inputs(conv.module, example)
+    small = S.probe_inputs(conv.module, example)
     assert small["image"].shape == (1, 3, 4, 4)  # the smallest side it runs at
     attn = import_model(wild.export_onnx("attention", tmp_path / "attn.onnx"), None)  # fixed size
     example = {"image": torch.rand(2, 3, 8, 8) * 2 - 1}
-    assert P.probe_inputs(attn.module, example)["image"].shape == (1, 3, 8, 8)  # its full size
+    assert S.probe_inputs(attn.module, example)["image"].shape == (1, 3, 8, 8)  # its full size
     z = {"z": torch.randn(2, 16)}
-    assert P.probe_inputs(import_model(tiny_onnx["dcgan"], None).module, z)["z"].shape == (1, 16)
+    assert S.probe_inputs(import_model(tiny_onnx["dcgan"], None).module, z)["z"].shape == (1, 16)
 
 
-def test_recovery_inputs_fit_the_time_left_or_recovery_is_skipped(tiny_onnx: dict[str, Path]) -> None:
+def test_recovery_inputs_fit_the_time_left_or_recovery_is_skipped(
+    tiny_onnx: dict[str, Path], calib_file: Path
+) -> None:
+    import numpy as np
+
     from worker.engine.budget import Budget
     from worker.engine.importers import import_model
-    from worker.engine.pipeline import MIN_RECOVERY_IMAGES, recovery_samples
+    from worker.engine.sampling import InputSampler
+    from worker.engine.stages.recovery import MIN_RECOVERY_IMAGES, recovery_samples
+    from worker.spec import RecoverSpec
 
     image_model = import_model(tiny_onnx["resnet"], None)
-    spec = CompressionSpec()
     budget = Budget(120.0, heldout_forward_seconds=1.0, heldout_size=10)  # 0.1 s per input
-    assert recovery_samples(spec, image_model, budget, seconds=100.0) == 32
-    assert recovery_samples(spec, image_model, budget, seconds=3 * 0.1 * 20) == 20
-    assert recovery_samples(spec, image_model, budget, seconds=3 * 0.1 * (MIN_RECOVERY_IMAGES - 1)) == 0
-    asked = CompressionSpec.model_validate({"recover": {"samples": 5}})
-    assert recovery_samples(asked, image_model, budget, seconds=0.0) == 5  # the user's choice stands
+    cal = np.load(calib_file)[:, :, :16, :16]
+    b = _bench(image_model, InputSampler(image_model.inputs, {"image": cal}), budget)
+    spec = RecoverSpec()
+    assert recovery_samples(b, spec, seconds=100.0) == 32
+    assert recovery_samples(b, spec, seconds=3 * 0.1 * 20) == 20
+    assert recovery_samples(b, spec, seconds=3 * 0.1 * (MIN_RECOVERY_IMAGES - 1)) == 0
+    assert recovery_samples(b, RecoverSpec(samples=5), seconds=0.0) == 5  # the user's choice stands
 
 
 def test_recovery_runs_on_crops_when_full_size_inputs_do_not_fit(tiny_onnx: dict[str, Path]) -> None:
@@ -234,8 +262,9 @@ def test_recovery_runs_on_crops_when_full_size_inputs_do_not_fit(tiny_onnx: dict
 
     from worker.engine.budget import Budget
     from worker.engine.importers import import_model
-    from worker.engine.pipeline import MIN_PATCH, RECOVERY_IMAGES, recovery_patch
     from worker.engine.sampling import InputSampler
+    from worker.engine.stages.recovery import RECOVERY_IMAGES, recovery_patch
+    from worker.engine.stages.training import MIN_PATCH
     from worker.spec import Distribution, InputSpec
 
     imported = import_model(tiny_onnx["resnet"], None)  # fully convolutional
@@ -243,15 +272,14 @@ def test_recovery_runs_on_crops_when_full_size_inputs_do_not_fit(tiny_onnx: dict
     big = InputSpec(shape=[1, 3, 128, 128], distribution=Distribution.CALIBRATION)
     imported = dataclasses.replace(imported, inputs={name: big})
     cal = np.tanh(np.random.default_rng(0).normal(size=(20, 3, 128, 128))).astype(np.float32)
-    sampler = InputSampler(imported.inputs, {name: cal})
-    teacher = imported.module.eval()
     budget = Budget(120.0, heldout_forward_seconds=1.0, heldout_size=10)  # 0.1 s per full-size image
+    b = _bench(imported, InputSampler(imported.inputs, {name: cal}), budget)
     # 8 full-size images fit: 32 crops of side 128 * sqrt(8 / 32) = 64 cost the same
-    assert recovery_patch(teacher, sampler, imported, budget, seconds=3 * 0.1 * 8) == (RECOVERY_IMAGES, 64)
+    assert recovery_patch(b, seconds=3 * 0.1 * 8) == (RECOVERY_IMAGES, 64)
     # 1 fits: crops would be 32 px at most; at the smallest side 16 of them fit
-    n, side = recovery_patch(teacher, sampler, imported, budget, seconds=3 * 0.1 * 1)
+    n, side = recovery_patch(b, seconds=3 * 0.1 * 1)
     assert side == MIN_PATCH and n == 16
-    assert recovery_patch(teacher, sampler, imported, budget, seconds=3 * 0.1 * 0.5) == (0, None)
+    assert recovery_patch(b, seconds=3 * 0.1 * 0.5) == (0, None)
+    assert recovery_patch(b, seconds=-1.0) == (0, None)  # its share was already spent
     latent = import_model(tiny_onnx["dcgan"], None)  # not an image model
-    z_sampler = InputSampler(latent.inputs, {})
-    assert recovery_patch(latent.module.eval(), z_sampler, latent, budget, seconds=0.3) == (0, None)
+    assert recovery_patch(_bench(latent, InputSampler(latent.inputs, {}), budget), seconds=0.3) == (0, None)

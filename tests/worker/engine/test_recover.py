@@ -159,7 +159,7 @@ def test_recover_stops_at_the_deadline() -> None:
 
 
 def test_the_export_check_catches_a_student_onnx_runtime_does_not_reproduce() -> None:
-    from worker.engine.pipeline import _exports_faithfully
+    from worker.engine.stages.recovery import exports_faithfully
 
     class Baked(nn.Module):  # what ONNX Runtime computes differs from torch off the traced input
         def __init__(self) -> None:
@@ -172,8 +172,8 @@ def test_the_export_check_catches_a_student_onnx_runtime_does_not_reproduce() ->
     heldout = {
         "x": torch.cat([torch.randn(2, 3, 8, 8) + 5.0, torch.randn(2, 3, 8, 8)])
     }  # traced on the first 2
-    assert not _exports_faithfully(Baked().eval(), heldout)
-    assert _exports_faithfully(nn.Conv2d(3, 3, 3, padding=1).eval(), heldout)
+    assert not exports_faithfully(Baked().eval(), heldout)
+    assert exports_faithfully(nn.Conv2d(3, 3, 3, padding=1).eval(), heldout)
 
 
 def test_an_automatic_ridge_shrinks_towards_the_pruned_weights_where_rows_say_little() -> None:

@@ -224,11 +224,12 @@ class Embedded:
         """With the embedded Redis every worker was ours: jobs still running were interrupted."""
         from worker.core.jobs import JobState, JobStore
         from worker.core.redis_client import redis_from_settings
+        from worker.errors import WorkerLostError
 
         try:
             jobs = JobStore(redis_from_settings(self.settings), self.settings.redis_prefix)
             for job_id in jobs.stale_running(-1.0):
-                err = {"code": "worker_lost", "detail": "the service stopped while the job was running"}
+                err = WorkerLostError("the service stopped while the job was running").to_dict()
                 jobs.transition(job_id, JobState.FAILED, expected=JobState.RUNNING, error=err)
         except Exception as e:
             log.warning("serve.fail_interrupted_failed error=%s", e)

@@ -117,6 +117,15 @@ class ResourceLimitError(GanCompressError):
     title = "Resource limit exceeded"
 
 
+class WorkerLostError(GanCompressError):
+    """The process running the job stopped (crashed, killed, shut down) before it finished; the
+    job is failed rather than run twice."""
+
+    code = "worker_lost"
+    status = 500
+    title = "Worker lost"
+
+
 def first_line(e: BaseException | str, limit: int = 300) -> str:
     """The first line of an exception's message (or its type), or of a text, for one-line error details."""
     text = str(e).strip()

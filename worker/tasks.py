@@ -28,7 +28,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from redis import Redis
 from redis.exceptions import RedisError
 
-from worker import sandbox
+from worker import errors, sandbox
 from worker.celery_app import celery_app
 from worker.core.celery_config import TASK_NAME
 from worker.core.jobs import JobRecord, JobState, JobStore
@@ -149,7 +149,7 @@ def execute(job_id: str, svc: _Services, worker_name: str) -> JobState | None:
     if rec.state == JobState.RUNNING:
         # Redelivered while (or after) another worker ran it: never run twice.
         if time.time() - (rec.heartbeat or rec.started_at or 0.0) > settings.heartbeat_timeout_seconds:
-            err = {"code": "worker_lost", "detail": "the worker running this job stopped"}
+            err = errors.WorkerLostError("the worker running this job stopped").to_dict()
             if jobs.transition(job_id, JobState.FAILED, expected=JobState.RUNNING, error=err):
                 log.warning("job.worker_lost job_id=%s", job_id)
                 return JobState.FAILED
@@ -335,8 +335,10 @@ def _on_task_failure(sender: Any = None, args: Any = None, exception: Any = None
     from billiard.exceptions import WorkerLostError
 
     if isinstance(exception, TimeLimitExceeded | WorkerLostError):
-        code = "resource_limit" if isinstance(exception, TimeLimitExceeded) else "worker_lost"
-        err = {"code": code, "detail": f"the worker process stopped: {type(exception).__name__}"}
+        kind = (
+            errors.ResourceLimitError if isinstance(exception, TimeLimitExceeded) else errors.WorkerLostError
+        )
+        err = kind(f"the worker process stopped: {type(exception).__name__}").to_dict()
         try:
             services().jobs.transition(str(args[0]), JobState.FAILED, expected=JobState.RUNNING, error=err)
         except RedisError:

@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from worker.errors import ConflictError, InvalidCursorError
+from worker.errors import ConflictError, InvalidCursorError, WorkerLostError
 
 log = logging.getLogger(__name__)
 
@@ -338,10 +338,7 @@ class JobStore:
         """Fail running jobs whose worker stopped sending heartbeats (it died or was killed)."""
         failed = []
         for job_id in self.stale_running(older_than):
-            err = {
-                "code": "worker_lost",
-                "detail": "the worker running this job stopped (crashed or shut down)",
-            }
+            err = WorkerLostError("the worker running this job stopped (crashed or shut down)").to_dict()
             if self.transition(job_id, JobState.FAILED, expected=JobState.RUNNING, error=err):
                 log.warning("job.worker_lost job_id=%s", job_id)
                 failed.append(job_id)

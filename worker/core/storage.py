@@ -27,6 +27,15 @@ log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 
 
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of the file at ``path``, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class UploadWriter:
     """A staging file that hashes and counts what is written and refuses more than ``limit`` bytes."""
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from worker.engine import prune as P
 from worker.engine.budget import PRUNE_SHARE
+from worker.engine.prunable import prunable_layers
 from worker.spec import MAX_CHANNEL_RATIO, PruneSpec
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def plan_trials(
 def find_units(
     model: nn.Module, example: dict[str, torch.Tensor], spec: PruneSpec, plan: P.PrunePlan
 ) -> list[Unit]:
-    names = {m: n for n, m in P.prunable_layers(model).items()}
+    names = {m: n for n, m in prunable_layers(model).items()}
     pruner = P.make_pruner(model, example, spec, plan, 0.0)
     units: list[Unit] = []
     for group in pruner.DG.get_all_groups(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from worker.engine.prune import PRUNABLE
+from worker.engine.prunable import PRUNABLE
 from worker.errors import PruningError
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.engine.prune import apply_masks, channels_out, prunable_layers
+from worker.engine.prunable import channels_out, prunable_layers
+from worker.engine.prune import apply_masks
 from worker.engine.registry import Registry
 from worker.engine.sampling import InputSampler
 from worker.errors import BadSpecError, CanceledError

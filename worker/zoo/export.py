@@ -8,7 +8,6 @@ is returned as skipped with the reason instead of a file.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from worker.core.storage import sha256_file
 from worker.zoo.registry import OUTPUT_NAME
 
 log = logging.getLogger(__name__)
@@ -39,15 +39,6 @@ ONNX_VARIANTS: tuple[OnnxVariant, ...] = (
     OnnxVariant("model.op17.onnx", 17, "torchscript"),
     OnnxVariant("model.op18.dynamo.onnx", 18, "dynamo"),
 )
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of the file at ``path``."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_record(root: Path, path: Path, fmt: str, opset: int | None, exporter: str, **extra: object) -> dict:

@@ -12,12 +12,12 @@ from torch import nn
 from worker.engine import allocate as A
 from worker.engine.importers import import_model
 from worker.engine.pipeline import run_pipeline
+from worker.engine.prunable import prunable_layers
 from worker.engine.prune import (
     count_macs,
     macs_at_ratio,
     make_pruner,
     plan_channel_pruning,
-    prunable_layers,
     prune_step,
 )
 from worker.engine.sampling import example_batch
@@ -129,7 +129,7 @@ def test_pipeline_reports_the_allocation(tiny_onnx: dict[str, Path], tmp_path: P
     a = r.prune.allocation
     assert a is not None and r.prune.macs_after == a.macs <= a.target_macs * 1.01
     assert r.prune.ratio_used is None
-    from worker.engine.assemble import pruning_section
+    from worker.engine.stage_sections import pruning_section
 
     section = pruning_section(r)
     assert section.allocation == "sensitivity"
@@ -225,7 +225,8 @@ def test_probe_matches_a_fresh_graph_per_layer(tiny_onnx: dict[str, Path]) -> No
     fresh graph for every layer (the slow way it replaced)."""
     import torch_pruning as tp
 
-    from worker.engine.prune import CUSTOM_PRUNERS, _out_pruning_fn, probe_exclusions
+    from worker.engine.prunable import _out_pruning_fn, probe_exclusions
+    from worker.engine.rewrite import CUSTOM_PRUNERS
 
     model, ex, _ = _load(tiny_onnx["style"])
     fast = probe_exclusions(model, ex, set())

@@ -21,7 +21,8 @@ from worker.engine.importers import (
     load_onnx,
     sniff_format,
 )
-from worker.engine.prune import prunable_layers, require_eager
+from worker.engine.prunable import prunable_layers
+from worker.engine.prune import require_eager
 from worker.errors import (
     CorruptModelError,
     ExternalDataError,

@@ -11,6 +11,7 @@ from torch import nn
 
 from worker.engine import blocks
 from worker.engine.importers import import_model
+from worker.engine.prunable import prunable_layers
 from worker.engine.prune import (
     CRITERIA,
     apply_masks,
@@ -18,7 +19,6 @@ from worker.engine.prune import (
     magnitude_masks,
     make_pruner,
     plan_channel_pruning,
-    prunable_layers,
     prune_step,
     ratio_for_target_macs,
     sparsity_of,

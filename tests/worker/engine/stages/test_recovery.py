@@ -1,0 +1,85 @@
+"""How many inputs recovery refits on, at what size, within its share of the budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.worker.engine.stages.bench import bench_for
+
+
+def test_recovery_inputs_fit_the_time_left_or_recovery_is_skipped(
+    tiny_onnx: dict[str, Path], calib_file: Path
+) -> None:
+    import numpy as np
+
+    from worker.engine.budget import Budget
+    from worker.engine.importers import import_model
+    from worker.engine.sampling import InputSampler
+    from worker.engine.stages.recovery import MIN_RECOVERY_IMAGES, recovery_samples
+    from worker.spec import RecoverSpec
+
+    image_model = import_model(tiny_onnx["resnet"], None)
+    budget = Budget(120.0, heldout_forward_seconds=1.0, heldout_size=10)  # 0.1 s per input
+    cal = np.load(calib_file)[:, :, :16, :16]
+    b = bench_for(image_model, InputSampler(image_model.inputs, {"image": cal}), budget)
+    spec = RecoverSpec()
+    assert recovery_samples(b, spec, seconds=100.0) == 32
+    assert recovery_samples(b, spec, seconds=3 * 0.1 * 20) == 20
+    assert recovery_samples(b, spec, seconds=3 * 0.1 * (MIN_RECOVERY_IMAGES - 1)) == 0
+    assert recovery_samples(b, RecoverSpec(samples=5), seconds=0.0) == 5  # the user's choice stands
+
+
+def test_recovery_runs_on_crops_when_full_size_inputs_do_not_fit(tiny_onnx: dict[str, Path]) -> None:
+    """A fully convolutional model whose full-size images do not fit recovery's time gets the same
+    32 images as smaller crops; a model that does not follow the input size gets nothing."""
+    import dataclasses
+
+    import numpy as np
+
+    from worker.engine.budget import Budget
+    from worker.engine.importers import import_model
+    from worker.engine.sampling import InputSampler
+    from worker.engine.stages.recovery import RECOVERY_IMAGES, recovery_patch
+    from worker.engine.stages.training import MIN_PATCH
+    from worker.spec import Distribution, InputSpec
+
+    imported = import_model(tiny_onnx["resnet"], None)  # fully convolutional
+    (name,) = imported.inputs
+    big = InputSpec(shape=[1, 3, 128, 128], distribution=Distribution.CALIBRATION)
+    imported = dataclasses.replace(imported, inputs={name: big})
+    cal = np.tanh(np.random.default_rng(0).normal(size=(20, 3, 128, 128))).astype(np.float32)
+    budget = Budget(120.0, heldout_forward_seconds=1.0, heldout_size=10)  # 0.1 s per full-size image
+    b = bench_for(imported, InputSampler(imported.inputs, {name: cal}), budget)
+    # 8 full-size images fit: 32 crops of side 128 * sqrt(8 / 32) = 64 cost the same
+    assert recovery_patch(b, seconds=3 * 0.1 * 8) == (RECOVERY_IMAGES, 64)
+    # 1 fits: crops would be 32 px at most; at the smallest side 16 of them fit
+    n, side = recovery_patch(b, seconds=3 * 0.1 * 1)
+    assert side == MIN_PATCH and n == 16
+    assert recovery_patch(b, seconds=3 * 0.1 * 0.5) == (0, None)
+    assert recovery_patch(b, seconds=-1.0) == (0, None)  # its share was already spent
+    latent = import_model(tiny_onnx["dcgan"], None)  # not an image model
+    assert recovery_patch(bench_for(latent, InputSampler(latent.inputs, {}), budget), seconds=0.3) == (
+        0,
+        None,
+    )
+
+
+def test_the_export_check_catches_a_student_onnx_runtime_does_not_reproduce() -> None:
+    import torch
+    from torch import nn
+
+    from worker.engine.stages.recovery import exports_faithfully
+
+    class Baked(nn.Module):  # what ONNX Runtime computes differs from torch off the traced input
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c(x) + float(x.mean())
+
+    heldout = {
+        "x": torch.cat([torch.randn(2, 3, 8, 8) + 5.0, torch.randn(2, 3, 8, 8)])
+    }  # traced on the first 2
+    assert not exports_faithfully(Baked().eval(), heldout)
+    assert exports_faithfully(nn.Conv2d(3, 3, 3, padding=1).eval(), heldout)

@@ -8,6 +8,15 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
+# Where pip finds packages: PyPI unless told otherwise. A mirror, a pip configuration file or a
+# local wheel directory can be passed in as pip's own variables (files and directories as read-only
+# build-time mounts: `podman build -v`); they apply to this stage only and nothing of them reaches
+# the runtime image (deploy/deploy_test.py passes the host's pip sources this way).
+ARG PIP_CONFIG_FILE
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
 # CPU wheels of the pinned torch/torchvision (PyPI's default build would bring CUDA, several GB).
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.14.1 torchvision==0.29.1
@@ -72,5 +81,5 @@ RUN pip install ".[worker]" && rm -rf /src \
 USER 10001:10001
 WORKDIR /home/app
 HEALTHCHECK --interval=30s --timeout=15s --start-period=60s --retries=3 \
-  CMD ["sh", "-c", "celery -A worker.celery_app inspect ping -d celery@$HOSTNAME --timeout 10"]
+  CMD ["sh", "-c", "celery -A worker.celery_app inspect ping -d celery@$(uname -n) --timeout 10"]
 CMD ["celery", "-A", "worker.celery_app", "worker", "-c", "1", "-l", "info", "--without-gossip", "--without-mingle"]

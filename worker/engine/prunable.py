@@ -158,15 +158,17 @@ def copy_with_graph(model: nn.Module, dg: tp.DependencyGraph) -> tuple[nn.Module
 
 def probe_exclusions(model: nn.Module, example: dict[str, torch.Tensor], skip: set[str]) -> dict[str, str]:
     """Remove one output channel of each candidate layer in a copy; keep the layers whose removal
-    breaks the graph (error or changed output shape). One dependency graph is built; each trial
-    copies it with the model, and layers of one dependency group share one trial."""
+    breaks the graph (error or changed output shape). One dependency graph is built; layers of
+    one dependency group share one verdict; the groups are tested together first (one trial copy
+    when nothing breaks, the common case) and halved only where something does, so a model of
+    a hundred groups costs a few trials instead of a hundred."""
     ref_shape = _run(model, example).shape
     reasons: dict[str, str] = {}
     dg = tp.DependencyGraph().build_dependency(
         model, example_inputs=tuple(example.values()), customized_pruners=CUSTOM_PRUNERS
     )
     names = {m: n for n, m in prunable_layers(model).items()}
-    verdicts: dict[frozenset[str], str | None] = {}
+    members: dict[frozenset[str], list[str]] = {}  # dependency group -> candidate layers in it
     for name, layer in prunable_layers(model).items():
         if name in skip or channels_out(layer) < 2:
             if name not in skip:
@@ -178,28 +180,52 @@ def probe_exclusions(model: nn.Module, example: dict[str, torch.Tensor], skip: s
         except Exception as e:
             reasons[name] = f"removing a channel breaks the graph: {str(e).splitlines()[0][:160]}"
             continue
-        if key not in verdicts:
-            verdicts[key] = _probe_one(model, dg, name, example, ref_shape)
-        if verdicts[key] is not None:
-            reasons[name] = verdicts[key]  # type: ignore[assignment]
+        members.setdefault(key, []).append(name)
+    firsts = [layers[0] for layers in members.values()]
+    for first, why in _breaking(model, dg, firsts, example, ref_shape).items():
+        for name in next(v for v in members.values() if v[0] == first):
+            reasons[name] = why
     return reasons
 
 
-def _probe_one(
+def _breaking(
     model: nn.Module,
     dg: tp.DependencyGraph,
-    name: str,
+    names: list[str],
+    example: dict[str, torch.Tensor],
+    ref_shape: torch.Size,
+) -> dict[str, str]:
+    """Which of ``names`` (one layer per dependency group) break the model when channel 0 of its
+    group is removed: all together in one trial, then each half of a failing set."""
+    if not names:
+        return {}
+    why = _probe(model, dg, names, example, ref_shape)
+    if why is None:
+        return {}
+    if len(names) == 1:
+        return {names[0]: why}
+    mid = len(names) // 2
+    return _breaking(model, dg, names[:mid], example, ref_shape) | _breaking(
+        model, dg, names[mid:], example, ref_shape
+    )
+
+
+def _probe(
+    model: nn.Module,
+    dg: tp.DependencyGraph,
+    names: list[str],
     example: dict[str, torch.Tensor],
     ref_shape: torch.Size,
 ) -> str | None:
-    """Why removing channel 0 of ``name`` (with its group) breaks the model, or None."""
+    """Why removing channel 0 of each of ``names`` (with its group) breaks the model, or None."""
     trial, tdg = copy_with_graph(model, dg)
-    target = trial.get_submodule(name)
     try:
-        group = tdg.get_pruning_group(target, _out_pruning_fn(target), idxs=[0])
-        if not tdg.check_pruning_group(group):
-            return "Torch-Pruning refuses to prune this group"
-        group.prune()
+        for name in names:
+            target = trial.get_submodule(name)
+            group = tdg.get_pruning_group(target, _out_pruning_fn(target), idxs=[0])
+            if not tdg.check_pruning_group(group):
+                return "Torch-Pruning refuses to prune this group"
+            group.prune()
         shape = _run(trial, example).shape
     except Exception as e:
         return f"removing a channel breaks the graph: {str(e).splitlines()[0][:160]}"

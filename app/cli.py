@@ -44,6 +44,15 @@ def fail(code: str, detail: str) -> int:
     return EXIT_ERROR
 
 
+def fail_with(e: GanCompressError | MemoryError) -> int:
+    """``fail`` for an error raised by a job or a gate; running out of memory is ``resource_limit``."""
+    if isinstance(e, MemoryError):
+        return fail("resource_limit", "ran out of memory")
+    if out_of_memory(e):
+        return fail("resource_limit", f"ran out of memory: {first_line(e)[:300]}")
+    return fail(e.code, e.detail)
+
+
 # --- output ----------------------------------------------------------------------------------
 
 
@@ -187,12 +196,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         if isinstance(report.get("gates"), dict):
             summary.setdefault("gates", report["gates"])
         rows = check_fail_if(args.fail_if, summary)
-    except GanCompressError as e:
-        if out_of_memory(e):
-            return fail("resource_limit", f"ran out of memory: {first_line(e)[:300]}")
-        return fail(e.code, e.detail)
-    except MemoryError:
-        return fail("resource_limit", "ran out of memory")
+    except (GanCompressError, MemoryError) as e:
+        return fail_with(e)
     print_summary(summary, [*rows, ("output", str(Path(args.out) / "model.onnx"))])
     return gate_exit(summary, rows)
 
@@ -243,12 +248,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     summary = dict(job.get("summary") or {})
     try:
         rows = check_fail_if(args.fail_if, summary)
-    except GanCompressError as e:
-        if out_of_memory(e):
-            return fail("resource_limit", f"ran out of memory: {first_line(e)[:300]}")
-        return fail(e.code, e.detail)
-    except MemoryError:
-        return fail("resource_limit", "ran out of memory")
+    except (GanCompressError, MemoryError) as e:
+        return fail_with(e)
     print_summary(summary, [*rows, ("job", job["id"])])
     if "report.html" in job.get("artifacts", {}):
         print(f"report: {job['artifacts']['report.html']}")

@@ -1,7 +1,7 @@
 """Closed-form recovery variants on the same pruned students, measured on images no step saw.
 
 For each model: import its ONNX, prune it once (L1, uniform ratio, the engine's Torch-Pruning path),
-then from that same pruned state run each recovery variant on the same 32 calibration crops and
+then from that same pruned state run each recovery variant on the same calibration inputs and
 measure the output against the teacher on the benchmark's held-out images (``heldout.npy``, never
 in the calibration file): MSE, SSIM, and the MSE ratio against plain pruning (higher is better;
 the issue's target is >= 2). Variants:
@@ -35,7 +35,7 @@ VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
-def study(name: str, ratio: float, samples: int) -> list[dict[str, object]]:
+def study(name: str, ratio: float, samples: int, crop: int | None = None) -> list[dict[str, object]]:
     from worker.engine import prune, recover
     from worker.engine.importers import import_model
     from worker.engine.quality import ssim
@@ -61,7 +61,9 @@ def study(name: str, ratio: float, samples: int) -> list[dict[str, object]]:
     kept = {k: list(v) for k, v in kept.items()}
     pruned = copy.deepcopy(student.state_dict())
     torch.manual_seed(0)
+    sampler.patch = crop  # None: the full input size
     batch = sampler.train_batch(samples)
+    sampler.patch = None
 
     def quality() -> tuple[float, float]:
         out = forward(student, ext)
@@ -97,15 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join((*ZOO, *REAL[:1], REAL[2])))
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument(
+        "--crop", type=int, default=None, help="refit on random crops of this side (as big jobs do)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    rows = [r for m in args.models.split(",") for r in study(m, args.ratio, args.samples)]
+    rows = [r for m in args.models.split(",") for r in study(m, args.ratio, args.samples, args.crop)]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(rows, indent=1))
     lines = [
-        f"# Recovery variants (`python -m benchmarks.recovery_study --ratio {args.ratio} --samples {args.samples}`)",
+        f"# Recovery variants (`python -m benchmarks.recovery_study --ratio {args.ratio} --samples {args.samples}"
+        + (f" --crop {args.crop}" if args.crop else "")
+        + "`)",
         "",
-        __doc__.split("\n\n")[1].replace("\n", " "),
+        *__doc__.split("\n\n")[1:3],
         "",
         "| model | variant | held-out MSE | SSIM | MSE ratio vs pruned | refit s |",
         "|---|---|---|---|---|---|",

@@ -153,6 +153,12 @@ class RecoverySection(_Strict):
     )
     samples: int = Field(ge=0, description="Calibration inputs the layers were refitted on.")
     rows_per_layer: int = Field(ge=0, description="Sampled output positions per layer (least-squares rows).")
+    layers_kept: int | None = Field(
+        None,
+        ge=0,
+        description="Refits kept: the first this many of the refitted layers in forward order (all "
+        "of them unless refitting the deeper ones made held-out outputs worse).",
+    )
     crop: int | None = Field(
         None,
         description="Side of the random square crops the inputs were cut to when full-size inputs did "

@@ -136,7 +136,11 @@ def heldout_score(
 ) -> float:
     """Fidelity on the held-out set: SSIM for images, negative mean L1 otherwise (higher is better)."""
     with torch.no_grad():
-        s = _forward(student, heldout)
+        return score_of(_forward(student, heldout), teacher_out, data_range)
+
+
+def score_of(s: torch.Tensor, teacher_out: torch.Tensor, data_range: float) -> float:
+    """``heldout_score`` of outputs already computed."""
     if s.dim() == 4 and min(s.shape[-2:]) >= 7:
         from worker.engine.quality import ssim
 

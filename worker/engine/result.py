@@ -49,6 +49,10 @@ class RecoveryOutcome:
     mse_after: float = math.nan
     unstable: bool = False  # undone: ONNX Runtime did not reproduce the refitted student
     crop: int | None = None  # the calibration inputs were random crops of this side
+    layers_kept: int | None = None  # refits kept: a prefix of result.refitted in forward order
+    full_refit_mse: float = math.nan  # held-out MSE with every layer refitted
+    full_refit_worst: float = math.nan  # ... its worst input
+    worst_before: float = math.nan  # held-out worst per-input MSE right after pruning
 
 
 @dataclass

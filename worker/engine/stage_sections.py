@@ -206,8 +206,18 @@ def recovery_section(r: PipelineResult, metric: str) -> RecoverySection | Absent
         )
     elif not o.kept:
         notes.append(
-            f"the refit lowered held-out {metric} from {o.score_before:.4f} to {o.score_after:.4f}, so it was "
-            "undone; distillation started from the pruned weights"
+            f"the refit made held-out outputs worse ({metric} {o.score_before:.4f} -> {o.score_after:.4f}, "
+            f"mean output MSE {o.mse_before:.4g} -> {o.full_refit_mse:.4g}, worst input's "
+            f"{o.worst_before:.4g} -> {o.full_refit_worst:.4g}) and no prefix of it helped, so it was undone; "
+            "distillation started from the pruned weights"
+        )
+    elif o.layers_kept is not None and o.layers_kept < len(res.refitted):
+        notes.append(
+            f"only the refits of the first {o.layers_kept} of {len(res.refitted)} layers were kept: with all of "
+            f"them the held-out outputs got worse (mean output MSE {o.mse_before:.4g} -> {o.full_refit_mse:.4g}, "
+            f"worst input's {o.worst_before:.4g} -> {o.full_refit_worst:.4g}; each refit corrects upstream "
+            "error with a little more gain than the original, and over a deep network that gain compounds on "
+            "inputs unlike the calibration crops)"
         )
     if res.stopped_by == "deadline":
         notes.append("its share of the budget ran out: layers after that point kept their pruned weights")
@@ -219,6 +229,7 @@ def recovery_section(r: PipelineResult, metric: str) -> RecoverySection | Absent
         samples=res.samples,
         rows_per_layer=res.rows,
         crop=o.crop,
+        layers_kept=o.layers_kept,
         seconds=Figure(
             value=res.seconds, unit="s", how="wall clock: one teacher pass, one student pass, the solves"
         ),
@@ -238,7 +249,9 @@ def recovery_section(r: PipelineResult, metric: str) -> RecoverySection | Absent
             + ". The ridge shrinks towards the pruned weights; its strength (lambda = 1e-3 to 1 x mean diagonal "
             "of X^T X) is chosen per layer by the error on the rows of every 4th input, fitted on the others, and "
             "a layer changes only if that validation error falls (layer errors above are on those rows). "
-            f"Held-out {metric} measured on the held-out inputs, which are never fitted on."
+            f"Held-out {metric} measured on the held-out inputs, which are never fitted on; the refit is kept "
+            "only if that, the mean output MSE and the worst input's MSE are no worse (else the longest prefix of "
+            "layers whose refits pass, else none)."
         ),
     )
 

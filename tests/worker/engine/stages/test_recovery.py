@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.worker.engine.stages.bench import bench_for
 
 
@@ -83,3 +85,68 @@ def test_the_export_check_catches_a_student_onnx_runtime_does_not_reproduce() ->
     }  # traced on the first 2
     assert not exports_faithfully(Baked().eval(), heldout)
     assert exports_faithfully(nn.Conv2d(3, 3, 3, padding=1).eval(), heldout)
+
+
+def test_refits_that_blow_up_deep_layers_are_cut_back_to_the_prefix_that_helps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refit whose deeper layers make held-out outputs worse keeps only the refits of the first
+    layers (those that help); one that only hurts is undone."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    from worker.engine import recover
+    from worker.engine.budget import Budget
+    from worker.engine.stages import recovery as RS
+    from worker.engine.stages.setup import Workbench, forward
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(*[nn.Conv2d(4, 4, 3, padding=1) for _ in range(4)]).eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student[0].weight.mul_(0.5)  # "pruning" damage in the first layer
+    heldout = {"x": torch.randn(4, 4, 8, 8)}
+    bench = Workbench(
+        imported=None,  # type: ignore[arg-type]
+        teacher=teacher,
+        student=student,
+        sampler=None,  # type: ignore[arg-type]
+        heldout=heldout,
+        teacher_heldout=forward(teacher, heldout),
+        data_range=2.0,
+        example=heldout,
+        small=heldout,
+        budget=Budget(60.0),
+        emit=lambda p: None,
+        stop=lambda: False,
+    )
+
+    def fake_recover(teacher: nn.Module, s: nn.Module, *a: object, **k: object) -> recover.RecoveryResult:
+        with torch.no_grad():
+            s[0].weight.copy_(teacher[0].weight)  # a perfect repair of the first layer...
+            s[3].weight.mul_(50.0)  # ...and a deep layer whose refit explodes
+        return recover.RecoveryResult(refitted=["0", "1", "2", "3"])
+
+    monkeypatch.setattr(recover, "recover", fake_recover)
+    monkeypatch.setattr(RS, "exports_faithfully", lambda *a: True)
+    out = RS.refit_or_undo(bench, {}, heldout, deadline=float("inf"))
+    assert out.kept and out.layers_kept in (1, 2, 3)
+    assert torch.equal(student[0].weight, teacher[0].weight)  # the helpful refit stayed
+    assert torch.equal(student[3].weight, teacher[3].weight)  # the exploding one is back to pruned
+    assert out.mse_after < out.mse_before < out.full_refit_mse
+
+    with torch.no_grad():
+        student[0].weight.mul_(0.5)
+
+    def only_harm(teacher: nn.Module, s: nn.Module, *a: object, **k: object) -> recover.RecoveryResult:
+        with torch.no_grad():
+            s[0].weight.mul_(-3.0)
+        return recover.RecoveryResult(refitted=["0"])
+
+    damaged = copy.deepcopy(student.state_dict())
+    monkeypatch.setattr(recover, "recover", only_harm)
+    out = RS.refit_or_undo(bench, {}, heldout, deadline=float("inf"))
+    assert not out.kept and out.layers_kept == 0
+    assert all(torch.equal(v, damaged[k]) for k, v in student.state_dict().items())

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # 34 s were lost to distillation). Below it, recovery runs on crops, or is skipped.
 MIN_RECOVERY_IMAGES, MIN_RECOVERY_LATENTS = 16, 64
 RECOVERY_IMAGES, RECOVERY_LATENTS = 32, 256
-MIN_PREFIX_TRIES = 3  # held-out evaluations when looking for the refits to keep
+MIN_PREFIX_TRIES = 1  # held-out evaluations (past the share if need be) when looking for refits to keep
 
 # (outcome, or None with a note saying why it did not run)
 RecoverFn = Callable[[Workbench, RecoverSpec, PruneOutcome], "tuple[RecoveryOutcome | None, str | None]"]

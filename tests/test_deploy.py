@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,7 +68,7 @@ def test_dockerfile_is_multistage_and_non_root() -> None:
     assert "USER 10001" in text and "HEALTHCHECK" in text and "whl/cpu" in text
 
 
-def _deploy_script():  # type: ignore[no-untyped-def]
+def _deploy_script() -> Any:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("deploy_test", ROOT / "deploy" / "deploy_test.py")
@@ -117,7 +118,7 @@ def test_hadolint_base_standins(name: str) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def yaml_load() -> dict:  # type: ignore[type-arg]
+def yaml_load() -> dict[str, Any]:
     import yaml
 
     return dict(yaml.safe_load((ROOT / "docker-compose.yml").read_text()))

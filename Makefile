@@ -77,7 +77,7 @@ bench-big: setup
 ## deploy-test: build the image and run docker-compose.yml for real with podman, as root: an ONNX and
 ## a TorchScript job through the API, Redis restarted mid-queue, the worker killed mid-job, down -v;
 ## prints a table, exits 1 on any miss, writes benchmarks/runs/deploy/RESULTS.md; about 11 minutes
-## with a cold image build, 3.5 with the image cached. Not in .ci/run, which must stay well under 20
+## with a cold image build, 4 with the image cached. Not in .ci/run, which must stay well under 20
 ## minutes (see docs/deployment.md)
 deploy-test: setup
 	@command -v podman >/dev/null && command -v debootstrap >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq podman debootstrap >/dev/null; } || { echo "install podman and debootstrap (Debian packages)"; exit 2; }

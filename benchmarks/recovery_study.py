@@ -99,14 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join((*ZOO, *REAL[:1], REAL[2])))
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--out", type=Path, default=OUT, help="where RESULTS.md and results.json go")
     ap.add_argument(
         "--crop", type=int, default=None, help="refit on random crops of this side (as big jobs do)"
     )
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     rows = [r for m in args.models.split(",") for r in study(m, args.ratio, args.samples, args.crop)]
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.json").write_text(json.dumps(rows, indent=1))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
     lines = [
         f"# Recovery variants (`python -m benchmarks.recovery_study --ratio {args.ratio} --samples {args.samples}"
         + (f" --crop {args.crop}" if args.crop else "")
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows
         ),
     ]
-    (OUT / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    (args.out / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

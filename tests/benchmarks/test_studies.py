@@ -57,3 +57,22 @@ def test_baseline_trains_and_exports_or_says_where_it_broke(tmp_path: Path) -> N
     onnx.checker.check_model(onnx.load(str(tmp_path / "b.onnx")))
     bad = run_baseline("srresnet", teacher_path("srresnet"), 0.5, 0.5, tmp_path / "c.onnx")
     assert bad.error is not None and bad.error.startswith("pruning: ") and not (tmp_path / "c.onnx").exists()
+
+
+def test_recovery_study_compares_the_ridges_on_one_pruned_student(tmp_path: Path) -> None:
+    from benchmarks import recovery_study
+
+    assert recovery_study.main(["--models", "unet_i2i", "--samples", "8", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [r["variant"] for r in rows] == ["pruned", "zero-1e-3", "pruned-1e-3", "auto"]
+    assert all(r["mse_ratio"] > 1 for r in rows[1:])  # every refit repairs some of the pruning
+    assert "| unet_i2i | auto |" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_recovery_layers_prints_each_refitted_layer(capsys) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks import recovery_layers
+
+    assert recovery_layers.main(["--model", "unet_i2i", "--crop", "32", "--samples", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "refitted" in out and "heldout.npy: per-image MSE" in out
+    assert sum(1 for line in out.splitlines() if line.endswith(tuple("0123456789")) and "/" in line) >= 3

@@ -12,19 +12,14 @@ error against the teacher's output on the kept channels and both outputs' larges
 from __future__ import annotations
 
 import argparse
-import copy
 
-import numpy as np
 import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.big import model_files
-    from worker.engine import prune, recover
-    from worker.engine.importers import import_model
-    from worker.engine.sampling import InputSampler
-    from worker.engine.stages.setup import forward, probe_inputs
-    from worker.spec import PruneSpec
+    from benchmarks.recovery_study import prune_uniform
+    from worker.engine import recover
+    from worker.engine.stages.setup import forward
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="realesrgan_x4plus_anime_6b")
@@ -33,25 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=32)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    files = model_files(args.model)
-    imp = import_model(files["model"], None)
-    (inp,) = imp.inputs
-    sampler = InputSampler(imp.inputs, {inp: np.load(files["calibration"]).astype(np.float32)}, seed=0)
-    teacher = copy.deepcopy(imp.module).eval()
-    student = imp.module
-    ext = {inp: torch.from_numpy(np.load(files["heldout"]).astype(np.float32))}
-    small = probe_inputs(teacher, sampler.train_batch(2))
-    spec = PruneSpec(ratio=args.ratio, allocation="uniform")
-    with recover.track_kept_channels(student) as kept_ids:
-        plan = prune.plan_channel_pruning(student, small, spec)
-        prune.prune_step(
-            student, small, prune.make_pruner(student, small, spec, plan, args.ratio), plan, args.ratio
-        )
-    kept = {k: list(v) for k, v in kept_ids.items()}
-    sampler.patch = args.crop
+    p = prune_uniform(args.model, args.ratio)
+    teacher, student, sampler, kept, ext = p.teacher, p.student, p.sampler, p.kept, p.heldout
     torch.manual_seed(0)
-    batch = sampler.train_batch(args.samples)
-    sampler.patch = None
+    with sampler.crops(args.crop):
+        batch = sampler.train_batch(args.samples)
     res = recover.recover(teacher, student, kept, batch, seed=0)
     print(f"refitted {len(res.refitted)} layers in {res.seconds:.1f} s")
     for label, x in (("job held-out", sampler.heldout(8)), ("heldout.npy", ext)):

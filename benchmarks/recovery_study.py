@@ -20,12 +20,14 @@ import argparse
 import copy
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmarks.big import REAL, ZOO, model_files
+from worker.engine.sampling import InputSampler
 
 OUT = Path(__file__).resolve().parent / "runs" / "recovery"
 VARIANTS: dict[str, dict[str, object]] = {
@@ -35,12 +37,21 @@ VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
-def study(name: str, ratio: float, samples: int, crop: int | None = None) -> list[dict[str, object]]:
+@dataclass
+class Pruned:
+    """A benchmark model pruned uniformly (L1), with what a recovery experiment needs."""
+
+    teacher: torch.nn.Module
+    student: torch.nn.Module
+    sampler: InputSampler
+    kept: dict[str, list[int]]  # layer -> teacher channel ids it kept
+    heldout: dict[str, torch.Tensor]  # the benchmark's heldout.npy
+
+
+def prune_uniform(name: str, ratio: float) -> Pruned:
     from worker.engine import prune, recover
     from worker.engine.importers import import_model
-    from worker.engine.quality import ssim
-    from worker.engine.sampling import InputSampler
-    from worker.engine.stages.setup import forward, output_range, probe_inputs
+    from worker.engine.stages.setup import probe_inputs
     from worker.spec import PruneSpec
 
     files = model_files(name)
@@ -49,21 +60,28 @@ def study(name: str, ratio: float, samples: int, crop: int | None = None) -> lis
     sampler = InputSampler(imported.inputs, {inp: np.load(files["calibration"]).astype(np.float32)}, seed=0)
     teacher = copy.deepcopy(imported.module).eval()
     student = imported.module
-    ext = {inp: torch.from_numpy(np.load(files["heldout"]).astype(np.float32))}
-    t_ext = forward(teacher, ext)
-    dr = output_range(t_ext)
     small = probe_inputs(teacher, sampler.train_batch(2))
     spec = PruneSpec(ratio=ratio, allocation="uniform")
     with recover.track_kept_channels(student) as kept:
         plan = prune.plan_channel_pruning(student, small, spec)
-        pruner = prune.make_pruner(student, small, spec, plan, ratio)
-        prune.prune_step(student, small, pruner, plan, ratio)
-    kept = {k: list(v) for k, v in kept.items()}
+        prune.prune_step(student, small, prune.make_pruner(student, small, spec, plan, ratio), plan, ratio)
+    ext = {inp: torch.from_numpy(np.load(files["heldout"]).astype(np.float32))}
+    return Pruned(teacher, student, sampler, {k: list(v) for k, v in kept.items()}, ext)
+
+
+def study(name: str, ratio: float, samples: int, crop: int | None = None) -> list[dict[str, object]]:
+    from worker.engine import recover
+    from worker.engine.quality import ssim
+    from worker.engine.stages.setup import forward, output_range
+
+    p = prune_uniform(name, ratio)
+    teacher, student, sampler, kept, ext = p.teacher, p.student, p.sampler, p.kept, p.heldout
+    t_ext = forward(teacher, ext)
+    dr = output_range(t_ext)
     pruned = copy.deepcopy(student.state_dict())
     torch.manual_seed(0)
-    sampler.patch = crop  # None: the full input size
-    batch = sampler.train_batch(samples)
-    sampler.patch = None
+    with sampler.crops(crop):  # None: the full input size
+        batch = sampler.train_batch(samples)
 
     def quality() -> tuple[float, float]:
         out = forward(student, ext)

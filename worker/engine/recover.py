@@ -206,7 +206,15 @@ def refit_layer(
         after = tried[ridge]
         if not (after < before):
             return before, before
-        w, b = ridge_fit(x, y, groups, with_bias, ridge, prior)
+        # the final fit on all rows: the validation rows' Gram matrices added to the others'
+        held = _grams(xv, yv, groups, with_bias)
+        w, b = _solve(
+            [(a + av, c + cv) for (a, c), (av, cv) in zip(grams, held, strict=True)],
+            d,
+            ridge,
+            prior,
+            with_bias,
+        )
     else:
         if ridge is None:
             raise ValueError("an automatic ridge needs validation rows")

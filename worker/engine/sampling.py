@@ -8,8 +8,10 @@ what model selection and the quality report use.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +233,16 @@ class InputSampler:
             partner = out[torch.randperm(batch, generator=self.gen)]
             out = torch.where(blend.view(-1, 1, 1, 1), lam * out + (1 - lam) * partner, out)
         return out
+
+    @contextlib.contextmanager
+    def crops(self, patch: int | None) -> Iterator[None]:
+        """Training batches on random ``patch`` x ``patch`` crops inside the block (None: the full
+        input size); the previous setting afterwards."""
+        old, self.patch = self.patch, patch
+        try:
+            yield
+        finally:
+            self.patch = old
 
     def train_batch(self, batch: int) -> dict[str, torch.Tensor]:
         return {

@@ -68,11 +68,8 @@ def least_squares(
             f"refit that generalises (at least {MIN_RECOVERY_IMAGES} images or {MIN_RECOVERY_LATENTS} latents); "
             "distillation got the time instead. A longer budget_seconds lets it run"
         )
-    bench.sampler.patch = patch
-    try:
+    with bench.sampler.crops(patch):
         batch = bench.sampler.train_batch(n)
-    finally:
-        bench.sampler.patch = None
     outcome = refit_or_undo(bench, pruned.kept_channels, batch, deadline)
     outcome.crop = patch
     return outcome, None

@@ -70,13 +70,11 @@ def patch_problem(bench: Workbench, patch: int) -> str | None:
         return "the model has inputs that are not images"
     sampler = bench.sampler
     full = forward(bench.teacher, {k: v[:1] for k, v in sampler.train_batch(1).items()})
-    sampler.patch = patch
     try:
-        small = forward(bench.teacher, sampler.train_batch(1))
+        with sampler.crops(patch):
+            small = forward(bench.teacher, sampler.train_batch(1))
     except Exception as e:  # a fixed-size layer (reshape, global op)
         return f"the model does not run on {patch}x{patch} crops ({first_line(e)})"
-    finally:
-        sampler.patch = None
     expect = [round(d * patch / side) for d in full.shape[2:]]
     if full.dim() != 4 or list(small.shape[2:]) != expect:
         return f"the output does not follow the input size on {patch}x{patch} crops"
@@ -118,9 +116,6 @@ def train(distiller: Distiller) -> list[str]:
     step_seconds = 3 * spec.batch_size * budget.per_sample_seconds()
     full_size_steps = budget.distill_seconds() / step_seconds if step_seconds > 0 else math.inf
     patch, note = choose_patch(bench, spec.patch, full_size_steps)
-    bench.sampler.patch = patch
-    try:
+    with bench.sampler.crops(patch):
         distiller.run(max(0, spec.steps - distiller.steps), budget.distill_seconds())
-    finally:
-        bench.sampler.patch = None
     return [note] if note else []

@@ -127,7 +127,6 @@ def run_pipeline(
     distiller = training.Distiller(bench, spec.distill)
     with timed("prune"):
         pruned = pruning.run(bench, spec.prune, distiller)
-        score_after_prune = bench.score()
     between_rounds = sum(r.seconds for r in distiller.rounds)  # distillation, not pruning
     seconds["prune"] -= between_rounds
     bench.check()
@@ -136,6 +135,10 @@ def run_pipeline(
     recovered, recovery_note = recovery.run(bench, spec.recover, pruned)
     if recovered is not None:
         seconds["recover"] = time.perf_counter() - t
+        score_after_prune = recovered.score_before  # measured there: one held-out pass, not two
+    else:
+        with timed("prune"):
+            score_after_prune = bench.score()
     bench.check()
 
     with timed("distill"):

@@ -66,6 +66,7 @@ PRUNE_METHODS: Mapping[PruneMethod, Info] = described(
                 "global_ranking",
                 "iterative_steps",
                 "ignore",
+                "mode",
             ),
         ),
         PruneMethod.UNSTRUCTURED: Info(

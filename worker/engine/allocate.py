@@ -64,7 +64,7 @@ class Unit:
     layers: list[str]
     block_site: bool  # pruned by shuffle.py in aligned blocks
     distortion: dict[float, float] = field(default_factory=dict)  # level -> output MSE
-    saved: dict[float, int] = field(default_factory=dict)  # level -> MACs saved (alone)
+    saved: dict[float, float] = field(default_factory=dict)  # level -> cost saved (alone): MACs or ms
 
 
 @dataclass
@@ -75,6 +75,9 @@ class Allocation:
     target_macs: int
     seconds: float
     batch: int = 0  # inputs the distortion was measured on
+    cost_unit: str = "MACs"  # what the budget counted: MACs, or estimated ms (allocation "latency")
+    cost: float = 0.0  # the allocation's cost in that unit
+    target_cost: float = 0.0
 
     def layer_ratios(self) -> dict[str, float]:
         """Torch-Pruning layers -> ratio (every layer of a group, so any may be the root)."""
@@ -82,6 +85,14 @@ class Allocation:
 
     def site_ratios(self) -> dict[str, float]:
         return split_ratios(self.units, self.ratios)[1]
+
+
+CostFn = Callable[[nn.Module], float]  # what a pruned copy costs: its MACs, or its estimated time
+
+
+def macs_cost(example: dict[str, torch.Tensor]) -> CostFn:
+    one = {k: v[:1] for k, v in example.items()}
+    return lambda m: float(P.count_macs(m, one))
 
 
 def split_ratios(units: list[Unit], ratios: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
@@ -176,13 +187,15 @@ def measure_units(
     units: list[Unit],
     on_unit: Callable[[int, int], None] | None = None,
     deadline: float | None = None,
+    cost: CostFn | None = None,
 ) -> None:
-    """Fill each unit's distortion and MACs saved at every level, pruning it alone in a copy.
+    """Fill each unit's distortion and cost saved (MACs unless ``cost`` says otherwise) at every
+    level, pruning it alone in a copy.
     ``on_unit(i, n)`` is called before unit ``i`` of ``n`` (progress; it may raise to cancel).
     Raises ``AllocationTimeout`` as soon as the trials cannot end by ``deadline``."""
     t0 = time.perf_counter()
-    one = {k: v[:1] for k, v in example.items()}
-    base = P.count_macs(model, one)
+    cost = cost or macs_cost(example)
+    base = cost(model)
     with torch.no_grad():
         ref = model(*batch.values())
     ref = ref[0] if isinstance(ref, list | tuple) else ref
@@ -197,7 +210,7 @@ def measure_units(
                 log.info("allocate.level_refused unit=%s level=%.3f error=%s", u.name, level, e)
                 break
             u.distortion[level] = _distortion(trial, batch, ref)
-            u.saved[level] = base - P.count_macs(trial, one)
+            u.saved[level] = base - cost(trial)
 
 
 def _greedy_step(units: list[Unit], levels: dict[str, float]) -> bool:
@@ -220,6 +233,118 @@ def _greedy_step(units: list[Unit], levels: dict[str, float]) -> bool:
     return True
 
 
+@dataclass
+class Profile:
+    """Every unit's distortion and saving per level, measured once on ``model`` (the unpruned
+    student, never changed), and the greedy path through them: allocations for any budget are
+    points on that path, so a target search pays for the trials once."""
+
+    model: nn.Module
+    example: dict[str, torch.Tensor]
+    spec: PruneSpec
+    plan: P.PrunePlan
+    units: list[Unit]
+    cost: CostFn
+    cost_unit: str
+    base: float  # the unpruned model's cost
+    batch: int  # inputs the distortion was measured on
+    seconds: float  # what measuring cost
+    path: list[tuple[dict[str, float], float]] = field(default_factory=list)  # (levels, real cost)
+
+    def cost_of(self, ratios: dict[str, float]) -> float:
+        return self.cost(
+            pruned_copy(self.model, self.example, self.spec, self.plan, *split_ratios(self.units, ratios))
+        )
+
+    def allocation(self, target: float, deadline: float | None = None) -> Allocation:
+        """Per-unit ratios whose pruned model costs at most about ``target`` at little summed
+        distortion: greedy, the least distortion per unit of cost saved first, each step's cost
+        measured on a real pruned copy (units share layers: their savings do not add up)."""
+        t0 = time.perf_counter()
+        if not self.path:
+            self.path.append(({u.name: 0.0 for u in self.units}, self.base))
+        limit = target * 1.01
+        i = 0
+        while self.path[i][1] > limit:
+            if i + 1 < len(self.path):
+                i += 1
+                continue
+            if deadline is not None and time.perf_counter() > deadline:
+                raise AllocationTimeout("the greedy search ran past this stage's share of the budget")
+            levels = dict(self.path[i][0])
+            if not _greedy_step(self.units, levels):
+                break
+            self.path.append((levels, self.cost_of(levels)))
+            i += 1
+        levels, m = dict(self.path[i][0]), self.path[i][1]
+        if i > 0 and m <= limit:  # the last step may overshoot: the least level of that unit that suffices
+            before = self.path[i - 1][0]
+            (name,) = [k for k in levels if levels[k] != before[k]]
+            for lv in sorted(lv for lv in LEVELS if before[name] < lv < levels[name]):
+                trial = {**before, name: lv}
+                mt = self.cost_of(trial)
+                if mt <= limit:
+                    levels, m = trial, mt
+                    break
+        macs = m if self.cost_unit == "MACs" else float(self._macs(levels))
+        alloc = Allocation(
+            dict(levels),
+            self.units,
+            int(macs),
+            int(target) if self.cost_unit == "MACs" else 0,
+            self.seconds + time.perf_counter() - t0,
+            batch=self.batch,
+            cost_unit=self.cost_unit,
+            cost=m,
+            target_cost=target,
+        )
+        log.info(
+            "allocate.done units=%d cost=%.4g target=%.4g unit=%s seconds=%.1f ratios=%s",
+            len(self.units),
+            m,
+            target,
+            self.cost_unit,
+            alloc.seconds,
+            {k: round(v, 3) for k, v in levels.items()},
+        )
+        return alloc
+
+    def _macs(self, ratios: dict[str, float]) -> int:
+        one = {k: v[:1] for k, v in self.example.items()}
+        trial = pruned_copy(self.model, self.example, self.spec, self.plan, *split_ratios(self.units, ratios))
+        return P.count_macs(trial, one)
+
+
+def profile(
+    model: nn.Module,
+    example: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    spec: PruneSpec,
+    plan: P.PrunePlan,
+    on_unit: Callable[[int, int], None] | None = None,
+    deadline: float | None = None,
+    per_sample_seconds: float = 0.0,
+    cost: CostFn | None = None,
+    cost_unit: str = "MACs",
+) -> Profile:
+    """Measure every unit's sensitivity on ``model`` within ``deadline`` (``AllocationTimeout``
+    when the trials would not fit: the batch shrinks first, to 2 inputs at least)."""
+    t0 = time.perf_counter()
+    cost = cost or macs_cost(example)
+    tc = time.perf_counter()
+    units = find_units(model, example, spec, plan)
+    copy_seconds = time.perf_counter() - tc  # building the pruner's graph: most of a trial's copy cost
+    n = len(next(iter(batch.values())))
+    left = None if deadline is None else deadline - time.perf_counter()
+    b = plan_trials(len(units), copy_seconds, per_sample_seconds, n, left)
+    batch = {k: v[:b] for k, v in batch.items()}
+    measure_units(model, example, batch, spec, plan, units, on_unit, deadline, cost)
+    units = [u for u in units if u.distortion]
+    return Profile(
+        model, example, spec, plan, units, cost, cost_unit, cost(model), b, time.perf_counter() - t0
+    )
+
+
 def allocate(
     model: nn.Module,
     example: dict[str, torch.Tensor],
@@ -232,49 +357,6 @@ def allocate(
     per_sample_seconds: float = 0.0,
 ) -> Allocation:
     """Per-unit ratios whose pruned model has at most about ``target_macs`` MACs at little summed
-    distortion: greedy, the least distortion per MAC saved first, each step's MACs counted on a
-    real pruned copy."""
-    t0 = time.perf_counter()
-    one = {k: v[:1] for k, v in example.items()}
-    base = P.count_macs(model, one)
-    tc = time.perf_counter()
-    units = find_units(model, example, spec, plan)
-    copy_seconds = time.perf_counter() - tc  # building the pruner's graph: most of a trial's copy cost
-    n = len(next(iter(batch.values())))
-    left = None if deadline is None else deadline - time.perf_counter()
-    b = plan_trials(len(units), copy_seconds, per_sample_seconds, n, left)
-    batch = {k: v[:b] for k, v in batch.items()}
-    measure_units(model, example, batch, spec, plan, units, on_unit, deadline)
-    units = [u for u in units if u.distortion]
-
-    def macs_of(ratios: dict[str, float]) -> int:
-        return P.count_macs(pruned_copy(model, example, spec, plan, *split_ratios(units, ratios)), one)
-
-    levels = {u.name: 0.0 for u in units}
-    m, limit = base, target_macs * 1.01
-    while m > limit:
-        if deadline is not None and time.perf_counter() > deadline:
-            raise AllocationTimeout("the greedy search ran past this stage's share of the budget")
-        before = dict(levels)
-        if not _greedy_step(units, levels):
-            break
-        m = macs_of(levels)  # real count: units share layers, their savings do not add up
-        if m <= limit:  # the last step may overshoot: the least level of that unit that suffices
-            (name,) = [k for k in levels if levels[k] != before[k]]
-            for lv in sorted(lv for lv in LEVELS if before[name] < lv < levels[name]):
-                trial = {**levels, name: lv}
-                mt = macs_of(trial)
-                if mt <= limit:
-                    levels, m = trial, mt
-                    break
-    n = len(next(iter(batch.values())))
-    alloc = Allocation(dict(levels), units, m, target_macs, time.perf_counter() - t0, batch=n)
-    log.info(
-        "allocate.done units=%d macs=%d target=%d seconds=%.1f ratios=%s",
-        len(units),
-        m,
-        target_macs,
-        alloc.seconds,
-        {k: round(v, 3) for k, v in levels.items()},
-    )
-    return alloc
+    distortion (``profile`` then ``Profile.allocation``)."""
+    prof = profile(model, example, batch, spec, plan, on_unit, deadline, per_sample_seconds)
+    return prof.allocation(target_macs, deadline)

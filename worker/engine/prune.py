@@ -199,13 +199,20 @@ def check_target_below(target_macs: int, base: int) -> None:
         raise PruningError(f"target_macs {target_macs:,} is not below the model's {base:,} MACs")
 
 
+def uniform_copy(
+    model: nn.Module, example: dict[str, torch.Tensor], spec: PruneSpec, plan: PrunePlan, ratio: float
+) -> nn.Module:
+    """A copy of ``model`` pruned uniformly at ``ratio`` (``model`` is left as it is)."""
+    trial = copy.deepcopy(model)
+    prune_step(trial, example, make_pruner(trial, example, spec, plan, ratio), plan, ratio)
+    return trial
+
+
 def macs_at_ratio(
     model: nn.Module, example: dict[str, torch.Tensor], spec: PruneSpec, plan: PrunePlan, ratio: float
 ) -> int:
     """MACs (batch 1) of a copy pruned uniformly at ``ratio``: the budget a ratio stands for."""
-    trial = copy.deepcopy(model)
-    prune_step(trial, example, make_pruner(trial, example, spec, plan, ratio), plan, ratio)
-    return count_macs(trial, {k: v[:1] for k, v in example.items()})
+    return count_macs(uniform_copy(model, example, spec, plan, ratio), {k: v[:1] for k, v in example.items()})
 
 
 def ratio_for_target_macs(

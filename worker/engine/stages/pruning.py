@@ -7,13 +7,17 @@ Torch-Pruning does the surgery (``worker.engine.prune``), ``allocate`` the sensi
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from worker.engine import allocate, prune, recover
+from torch import nn
+
+from worker.engine import allocate, latency_model, prune, recover
 from worker.engine import blocks as block_prune
 from worker.engine.budget import PRUNE_SHARE
+from worker.engine.export import cleanup
 from worker.engine.registry import Registry
 from worker.engine.result import PruneOutcome
 from worker.engine.stages.setup import Workbench, forward
@@ -23,16 +27,32 @@ from worker.spec import AllocationName, Criterion, Progress, PruneMethod, PruneS
 
 
 @dataclass
+class PruneCache:
+    """What pruning learns about the unpruned model and may reuse for another cut of it (a target
+    search prunes several candidates from one teacher): the plan, each allocation's sensitivity
+    profile and the teacher's latency model. ``base`` is the unpruned student they were measured
+    on; it is never changed."""
+
+    base: nn.Module
+    plan: prune.PrunePlan | None = None
+    profiles: dict[AllocationName, allocate.Profile] = field(default_factory=dict)
+    latency: latency_model.LatencyModel | None = None
+    failed: dict[AllocationName, str] = field(default_factory=dict)  # why a profile could not be made
+
+
+@dataclass
 class PruneContext:
     """What a prune method needs: the workbench, its part of the spec, the MACs before, the end
-    of the stage's share of the budget (probing counts), and the distiller that trains between
-    iterative rounds (given half the distillation time now left)."""
+    of the stage's share of the budget (probing counts), the distiller that trains between
+    iterative rounds (given half the distillation time now left), and what earlier cuts of the
+    same model learnt (``cache``)."""
 
     bench: Workbench
     spec: PruneSpec
     distiller: Distiller
     macs_before: int
     deadline: float
+    cache: PruneCache | None = None
 
 
 PruneFn = Callable[[PruneContext], PruneOutcome]
@@ -41,12 +61,21 @@ AllocateFn = Callable[[PruneContext, prune.PrunePlan, PruneOutcome], "allocate.A
 ALLOCATIONS: Registry[AllocationName, AllocateFn] = Registry("allocation", AllocationName, BadSpecError)
 
 
-def run(bench: Workbench, spec: PruneSpec, distiller: Distiller) -> PruneOutcome:
+def run(
+    bench: Workbench,
+    spec: PruneSpec,
+    distiller: Distiller,
+    cache: PruneCache | None = None,
+    deadline: float | None = None,
+) -> PruneOutcome:
     """Prune the workbench's student in place as ``spec.method`` asks; record which teacher
-    channels each layer kept (for recovery) and the MACs after."""
-    deadline = bench.budget.share_deadline(PRUNE_SHARE)
+    channels each layer kept (for recovery) and the MACs after. ``cache``: reuse (and fill) what
+    an earlier cut of the same unpruned model measured; ``deadline``: the end of this stage's
+    share (default: ``PRUNE_SHARE`` of the budget from now)."""
+    deadline = deadline if deadline is not None else bench.budget.share_deadline(PRUNE_SHARE)
     one = {k: v[:1] for k, v in bench.example.items()}
-    ctx = PruneContext(bench, spec, distiller, prune.count_macs(bench.student, one), deadline)
+    macs = prune.count_macs(bench.student, one)
+    ctx = PruneContext(bench, spec, distiller, macs, deadline, cache)
     with recover.track_kept_channels(bench.student) as kept:  # teacher channel ids, for recovery
         outcome = PRUNE_METHODS.get(spec.method)(ctx)
     outcome.kept_channels = kept
@@ -59,7 +88,7 @@ def prune_channels(ctx: PruneContext) -> PruneOutcome:
     bench, spec = ctx.bench, ctx.spec
     outcome = PruneOutcome(spec.method, spec.ratio, spec.ratio, ctx.macs_before, ctx.macs_before)
     outcome.target_macs = spec.target_macs
-    plan = outcome.plan = prune.plan_channel_pruning(bench.student, bench.small, spec)
+    plan = outcome.plan = channel_plan(ctx)
     alloc = ALLOCATIONS.get(spec.allocation)(ctx, plan, outcome)
     n_rounds = spec.iterative_steps
     pruner = prune.make_pruner(
@@ -141,7 +170,52 @@ def sensitivity(
 ) -> allocate.Allocation | None:
     """Per-layer ratios for the MACs that uniform pruning at the ratio leaves (or target_macs),
     chosen by trials within the stage's share of the budget; uniform when they do not fit."""
+    return _by_profile(ctx, plan, outcome, AllocationName.SENSITIVITY)
+
+
+@ALLOCATIONS.register(AllocationName.LATENCY)
+def latency(ctx: PruneContext, plan: prune.PrunePlan, outcome: PruneOutcome) -> allocate.Allocation | None:
+    """Per-layer ratios for the estimated 1-thread time that uniform pruning at the ratio leaves:
+    the same trials as ``sensitivity``, each saving weighed by the teacher's measured node times
+    (``latency_model``) instead of MACs; uniform when they do not fit."""
+    if ctx.spec.target_macs is not None:
+        outcome.notes.append("allocation 'latency' with target_macs: the MAC budget is spread by sensitivity")
+        return _by_profile(ctx, plan, outcome, AllocationName.SENSITIVITY)
+    return _by_profile(ctx, plan, outcome, AllocationName.LATENCY)
+
+
+def channel_plan(ctx: PruneContext) -> prune.PrunePlan:
+    """What channel pruning may touch (probing every layer: seconds on a big model), once per cache."""
+    bench, cache = ctx.bench, ctx.cache
+    if cache is None:
+        return prune.plan_channel_pruning(bench.student, bench.small, ctx.spec)
+    if cache.plan is None:
+        cache.plan = prune.plan_channel_pruning(cache.base, bench.small, ctx.spec)
+    return copy.deepcopy(cache.plan)  # each cut records its own channel counts
+
+
+def teacher_latency(ctx: PruneContext) -> latency_model.LatencyModel:
+    """The teacher's latency model (a per-node ONNX Runtime profile at the full input size)."""
+    if ctx.cache is not None and ctx.cache.latency is not None:
+        return ctx.cache.latency
+    bench = ctx.bench
+    feeds = {k: v[:1].numpy() for k, v in bench.example.items()}
+    seconds = max(1.0, 0.25 * (ctx.deadline - time.perf_counter()))
+    lm = latency_model.teacher_latency_model(
+        bench.teacher, cleanup(bench.imported.onnx_model), feeds, bench.small, seconds=seconds
+    )
+    if ctx.cache is not None:
+        ctx.cache.latency = lm
+    return lm
+
+
+def _by_profile(
+    ctx: PruneContext, plan: prune.PrunePlan, outcome: PruneOutcome, kind: AllocationName
+) -> allocate.Allocation | None:
+    """An allocation from a sensitivity profile (measured now, or taken from the cache) whose
+    savings count MACs (sensitivity) or estimated time (latency)."""
     bench, p, deadline = ctx.bench, ctx.spec, ctx.deadline
+    cache = ctx.cache
 
     def on_unit(i: int, n: int) -> None:
         bench.check()
@@ -150,35 +224,51 @@ def sensitivity(
         )
 
     try:
-        if time.perf_counter() >= deadline:
-            raise allocate.AllocationTimeout(
-                "the pruning stage's share of the budget was spent (on probing the layers) before the trials "
-                "could start"
-            )
+        if cache is not None and kind in cache.failed:
+            raise allocate.AllocationTimeout(cache.failed[kind])
+        prof = cache.profiles.get(kind) if cache is not None else None
+        base = cache.base if cache is not None else bench.student
         if p.target_macs is not None:
             prune.check_target_below(p.target_macs, ctx.macs_before)
-            target = p.target_macs
+        if prof is None:
+            if time.perf_counter() >= deadline:
+                raise allocate.AllocationTimeout(
+                    "the pruning stage's share of the budget was spent (on probing the layers) before the "
+                    "trials could start"
+                )
+            cost, unit = None, "MACs"
+            if kind == AllocationName.LATENCY:
+                lm = teacher_latency(ctx)
+                cost, unit = lm.estimate_ms, "ms (estimated)"
+            batch = bench.sampler.train_batch(allocate.batch_size_for(bench.example))
+            prof = allocate.profile(
+                base,
+                bench.example,
+                batch,
+                p,
+                plan,
+                on_unit,
+                deadline=deadline,
+                per_sample_seconds=bench.budget.per_sample_seconds(),
+                cost=cost,
+                cost_unit=unit,
+            )
+            if cache is not None:
+                cache.profiles[kind] = prof
+        if p.target_macs is not None:
+            target: float = p.target_macs
         else:
-            target = prune.macs_at_ratio(bench.student, bench.example, p, plan, float(p.ratio or 0.5))
-        batch = bench.sampler.train_batch(allocate.batch_size_for(bench.example))
-        alloc = allocate.allocate(
-            bench.student,
-            bench.example,
-            batch,
-            p,
-            plan,
-            target,
-            on_unit,
-            deadline=deadline,
-            per_sample_seconds=bench.budget.per_sample_seconds(),
-        )
+            target = prof.cost(prune.uniform_copy(base, bench.example, p, plan, float(p.ratio or 0.5)))
+        alloc = prof.allocation(target, deadline)
     except allocate.AllocationTimeout as e:
-        outcome.notes.append(f"sensitivity allocation skipped, uniform ratio used instead: {e}")
+        if cache is not None:
+            cache.failed.setdefault(kind, str(e))
+        outcome.notes.append(f"{kind.value} allocation skipped, uniform ratio used instead: {e}")
         uniform(ctx, plan, outcome)
         return None
-    if p.target_macs is not None and alloc.macs > target * 1.05:
+    if p.target_macs is not None and alloc.macs > p.target_macs * 1.05:
         raise PruningError(
-            f"target_macs {target:,} is out of reach: with every prunable layer at its largest allowed "
+            f"target_macs {p.target_macs:,} is out of reach: with every prunable layer at its largest allowed "
             f"ratio the model still has {alloc.macs:,} MACs (layers left whole: {len(plan.kept)})"
         )
     outcome.allocation, outcome.ratio_used = alloc, None

@@ -291,6 +291,62 @@ class QualitySection(_Strict):
     how_measured: str
 
 
+class SearchCandidate(_Strict):
+    """One evaluated candidate of a target search: its own exported ONNX, measured like the final
+    model (MACs and bytes from the graph and file, latency in ONNX Runtime interleaved with the
+    teacher, quality on the held-out inputs)."""
+
+    id: str = Field(description="c1, c2, ... in the order they were evaluated.")
+    level: float = Field(description="Compression level: the channel ratio it stands for (0 = the teacher).")
+    allocation: str = Field(description="How the level's budget was spread over layers.")
+    quantize: str = Field(description="none | int8-static | fp16 (a quantized copy of another candidate).")
+    from_candidate: str | None = Field(None, description="The candidate a quantized one was made from.")
+    macs: int
+    params: int
+    size_bytes: int = Field(description="Bytes of the candidate's ONNX file.")
+    latency_ms: float = Field(description="p50 at 1 thread (ms).")
+    latency_ms_all_cores: float | None = Field(None, description="p50 at cpu_count threads (ms).")
+    speedup: float = Field(
+        description="Teacher p50 / candidate p50 at 1 thread, measured in the same run (x)."
+    )
+    speedup_all_cores: float | None = None
+    latency_runs: int = Field(description="Timed rounds at 1 thread (teacher and candidate each).")
+    ssim: float | None = Field(
+        None, description="Mean SSIM vs the teacher on the held-out inputs (null: not trained)."
+    )
+    psnr: float | None = Field(None, description="Mean PSNR vs the teacher on the held-out inputs (dB).")
+    recovered: bool = Field(False, description="The least-squares refit was kept for it.")
+    distill_steps: int = Field(0, description="Distillation steps it had when it was measured.")
+    train_seconds: float = Field(0.0, description="Seconds of distillation it had when it was measured.")
+    meets: bool | None = Field(
+        description="Every target met (null: quality not measured, cost targets only)."
+    )
+    misses: list[str] = Field(default_factory=list, description="Targets missed, with the numbers.")
+    pareto: bool = Field(
+        False, description="On the latency-quality front: no other candidate is both faster and better."
+    )
+    picked: bool = False
+    artifact: str | None = Field(None, description="Its ONNX file among the job's artifacts (mode sweep).")
+    seconds: float = Field(
+        description="Wall-clock seconds evaluating it cost (prune, refit, train, export, measure)."
+    )
+
+
+class SearchSection(_Strict):
+    mode: str = Field(description="search | sweep")
+    targets: dict[str, float] = Field(description="The targets (TargetSpec fields) the search aimed at.")
+    objective: str = Field(description="What ranks candidates that meet the targets: latency or quality.")
+    candidates: list[SearchCandidate]
+    pick: str = Field(description="The id of the candidate the job distilled on and shipped.")
+    met: bool = Field(description="The pick met every target when it was measured.")
+    why: str = Field(description="Why this candidate, in one or two sentences.")
+    final_note: str = Field(
+        description="How the shipped model relates to the pick's candidate row (it was distilled further)."
+    )
+    seconds: float = Field(description="Wall-clock seconds of the whole search.")
+    how_measured: str
+
+
 class GateResult(_Strict):
     gate: str = Field(description="min_ssim | min_psnr | min_speedup")
     metric: str
@@ -318,6 +374,14 @@ class Summary(_Strict):
     size_reduction: float | None = Field(None, description="File bytes teacher / student (x).")
     gzip_size_reduction: float | None = Field(None, description="gzip-9 bytes teacher / student (x).")
     gates_passed: bool
+    target_met: bool | None = Field(
+        None,
+        description="Target search: the shipped model meets every target, by this report's own "
+        "measurements (null: no target was set).",
+    )
+    target_misses: list[str] = Field(
+        default_factory=list, description="Targets the shipped model misses, with the numbers."
+    )
     collapse: str | None = Field(
         None, description="Set when the result is not usable: what went wrong and what would help."
     )
@@ -337,6 +401,9 @@ class Report(_Strict):
     latency: LatencySection | Absent
     memory: MemorySection | Absent
     quality: QualitySection | Absent
+    search: SearchSection | None = Field(
+        None, description="Target search / sweep (prune.mode); null for one compression."
+    )
     gates: GateResults
     summary: Summary
     timing: TimingSection | None = None

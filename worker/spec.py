@@ -14,8 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ReportSchemaVersion = Literal["1.1"]
-REPORT_SCHEMA_VERSION: ReportSchemaVersion = "1.1"
+ReportSchemaVersion = Literal["1.2"]
+REPORT_SCHEMA_VERSION: ReportSchemaVersion = "1.2"  # 1.2: the ``search`` section (target search)
 # Beyond this per-layer ratio Torch-Pruning skips groups that would keep too few channels, so
 # MACs stop falling (measured on the zoo); channel pruning is capped here.
 MAX_CHANNEL_RATIO = 0.8
@@ -44,6 +44,15 @@ class AllocationName(StrEnum):
 
     UNIFORM = "uniform"  # the same ratio for every prunable layer
     SENSITIVITY = "sensitivity"  # per-layer ratios for the same MACs, least output distortion
+    LATENCY = "latency"  # per-layer ratios for the same measured time, least output distortion
+
+
+class PruneMode(StrEnum):
+    """One compression, or a search over compression levels (``channel`` pruning)."""
+
+    SINGLE = "single"  # one compression at ``ratio`` / ``target_macs``
+    SEARCH = "search"  # candidates at several levels; the pick meets ``target`` (and is distilled on)
+    SWEEP = "sweep"  # like search, and every candidate's ONNX file is returned too
 
 
 class Augment(StrEnum):
@@ -97,6 +106,7 @@ class Distribution(StrEnum):
 class Stage(StrEnum):
     QUEUED = "queued"
     IMPORT = "import"
+    SEARCH = "search"  # target search / sweep: candidates at several compression levels
     PRUNE = "prune"
     RECOVER = "recover"
     DISTILL = "distill"
@@ -189,6 +199,12 @@ class PruneSpec(_Strict):
         default_factory=list, description="Layer-name patterns (fnmatch) that are never pruned."
     )
     blocks: int | None = Field(None, ge=1, description="block only: number of residual blocks to remove.")
+    mode: PruneMode | None = Field(
+        None,
+        description="single: one compression at ratio; search: candidates at several compression levels, "
+        "the pick is the fastest (or best) that meets `target`; sweep: search, and every candidate's ONNX "
+        "is returned (candidate-N.onnx). null: search when a target is set, else single.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PruneSpec:
@@ -265,6 +281,86 @@ class ExportSpec(_Strict):
     quantize: Quantize = Field(Quantize.NONE, description="none | int8-dynamic | int8-static | fp16.")
 
 
+class TargetSpec(_Strict):
+    """What the compressed model must achieve; the job searches the compression level for it.
+
+    Quality targets (``min_ssim``, ``min_psnr``, on held-out inputs against the original) are
+    met by the fastest candidate (1-thread latency); with cost targets only (``max_latency_ms``,
+    ``max_size_mb``, ``min_speedup``) the pick is the best-quality candidate that meets them.
+    When no candidate meets every target the job still succeeds with the closest one and says so
+    (``search.met = false``); gates and ``--fail-if`` decide an exit code."""
+
+    min_ssim: float | None = Field(None, ge=-1.0, le=1.0, description="SSIM vs the original, at least.")
+    min_psnr: float | None = Field(None, ge=0.0, le=100.0, description="PSNR vs the original (dB), at least.")
+    max_latency_ms: float | None = Field(
+        None, gt=0.0, description="p50 latency at 1 thread on the worker's CPU (ONNX Runtime, ms), at most."
+    )
+    max_size_mb: float | None = Field(None, gt=0.0, description="model.onnx size (MB = 10^6 bytes), at most.")
+    min_speedup: float | None = Field(
+        None, gt=0.0, description="1-thread p50 latency original / compressed (x), at least."
+    )
+    quantize: bool = Field(
+        True,
+        description="Also try INT8 (static, QDQ, calibrated) and FP16 versions of the best candidates, "
+        "measured like any other (they are often slower or worse for small convolutions on CPU).",
+    )
+
+    def quality_targets(self) -> dict[str, float]:
+        return {k: v for k, v in (("min_ssim", self.min_ssim), ("min_psnr", self.min_psnr)) if v is not None}
+
+    def cost_targets(self) -> dict[str, float]:
+        pairs = (
+            ("max_latency_ms", self.max_latency_ms),
+            ("max_size_mb", self.max_size_mb),
+            ("min_speedup", self.min_speedup),
+        )
+        return {k: v for k, v in pairs if v is not None}
+
+    @model_validator(mode="after")
+    def _check(self) -> TargetSpec:
+        if not self.quality_targets() and not self.cost_targets():
+            raise ValueError(
+                "a target needs at least one of min_ssim, min_psnr, max_latency_ms, max_size_mb, min_speedup"
+            )
+        return self
+
+
+# CLI / web form: ``ssim>=0.95`` -> ``min_ssim``; the same names as the report's summary
+TARGET_EXPRESSIONS: dict[str, tuple[str, str]] = {
+    "ssim": (">=", "min_ssim"),
+    "psnr": (">=", "min_psnr"),
+    "latency_ms": ("<=", "max_latency_ms"),
+    "size_mb": ("<=", "max_size_mb"),
+    "speedup": (">=", "min_speedup"),
+}
+
+
+def parse_target(exprs: list[str]) -> dict[str, float]:
+    """``["ssim>=0.95", "latency_ms<=8"]`` -> ``{"min_ssim": 0.95, "max_latency_ms": 8.0}``.
+    Raises ``ValueError`` naming the valid forms."""
+    forms = ", ".join(f"'{m}{op}N'" for m, (op, _) in TARGET_EXPRESSIONS.items())
+    out: dict[str, float] = {}
+    for raw in exprs:
+        expr = raw.replace(" ", "")
+        for metric, (op, field) in TARGET_EXPRESSIONS.items():
+            if expr.startswith(metric + op):
+                try:
+                    value = float(expr[len(metric + op) :])
+                except ValueError:
+                    break
+                if value != value or value in (float("inf"), float("-inf")):
+                    break
+                if field in out:
+                    raise ValueError(f"target {raw!r}: {metric} is given twice")
+                out[field] = value
+                break
+        else:
+            raise ValueError(f"target {raw!r}: expected one of {forms}")
+        if field not in out:
+            raise ValueError(f"target {raw!r}: expected one of {forms}")
+    return out
+
+
 class Gates(_Strict):
     """Quality gates: a job that misses one still succeeds, with ``gates.passed = false``."""
 
@@ -284,13 +380,46 @@ class CompressionSpec(_Strict):
     distill: DistillSpec = Field(default_factory=DistillSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
     gates: Gates = Field(default_factory=Gates)
+    target: TargetSpec | None = Field(
+        None,
+        description="Ask for a result instead of a ratio: the job searches the compression level and "
+        "returns the fastest model meeting the quality targets, or the best one meeting the cost targets.",
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _check(self) -> CompressionSpec:
+        mode = self.prune.mode
+        searching = self.target is not None or mode in (PruneMode.SEARCH, PruneMode.SWEEP)
+        if mode == PruneMode.SINGLE and self.target is not None:
+            raise ValueError("a target needs prune.mode 'search' or 'sweep' (or leave mode unset)")
+        if mode == PruneMode.SEARCH and self.target is None:
+            raise ValueError("prune.mode 'search' needs a target (e.g. target.min_ssim)")
+        if searching and self.prune.method != PruneMethod.CHANNEL:
+            raise ValueError(
+                "a target or sweep searches channel-pruning levels: it needs prune.method 'channel'"
+            )
+        if searching and self.prune.target_macs is not None:
+            raise ValueError("a target or sweep chooses the compression level itself: leave out target_macs")
+        if searching and self.prune.iterative_steps > 1:
+            raise ValueError(
+                "a target or sweep prunes each candidate in one step: leave iterative_steps at 1"
+            )
+        return self
+
+    @property
+    def mode(self) -> PruneMode:
+        """The prune mode in effect (``prune.mode`` null resolved)."""
+        if self.prune.mode is not None:
+            return self.prune.mode
+        return PruneMode.SEARCH if self.target is not None else PruneMode.SINGLE
 
 
 # Share of a typical job's wall time per stage (distillation dominates; measured on the zoo).
 STAGE_WEIGHTS: tuple[tuple[Stage, float], ...] = (
     (Stage.QUEUED, 0.0),
     (Stage.IMPORT, 0.05),
+    (Stage.SEARCH, 0.0),  # a search job: its candidates come before the pick's distillation (see fraction)
     (Stage.PRUNE, 0.10),
     (Stage.RECOVER, 0.05),
     (Stage.DISTILL, 0.60),
@@ -301,6 +430,24 @@ STAGE_WEIGHTS: tuple[tuple[Stage, float], ...] = (
 )
 
 
+MAX_CANDIDATES = 32  # candidates one search evaluates at most (and the most a progress event carries)
+
+
+class CandidatePoint(_Strict):
+    """One evaluated candidate of a target search, as progress events carry it (the live front);
+    the report's ``search.candidates`` has the full record."""
+
+    id: str = Field(max_length=16)
+    level: float = Field(ge=0.0, le=1.0, description="Channel ratio the compression level stands for.")
+    quantize: Quantize = Quantize.NONE
+    macs: int = Field(ge=0)
+    size_bytes: int = Field(ge=0)
+    latency_ms: float | None = Field(None, ge=0.0, description="p50 at 1 thread (ms).")
+    ssim: float | None = None
+    psnr: float | None = None
+    meets: bool | None = Field(None, description="Every target met (None: quality not measured).")
+
+
 class Progress(BaseModel):
     """One progress event from the engine."""
 
@@ -309,7 +456,11 @@ class Progress(BaseModel):
     total: int = 0
     loss: float | None = None
     eta_seconds: float | None = None
+    elapsed_seconds: float | None = Field(
+        None, description="Seconds since the job started (its budget's clock)."
+    )
     message: str | None = None
+    candidates: list[CandidatePoint] | None = Field(None, max_length=MAX_CANDIDATES)
 
     @property
     def stage_fraction(self) -> float:
@@ -318,7 +469,11 @@ class Progress(BaseModel):
 
     @property
     def fraction(self) -> float:
-        """How far the whole job is (0..1): stages weighted by their usual share of the time."""
+        """How far the whole job is (0..1): elapsed / (elapsed + ETA) where the engine knows both
+        (the ETA is the whole job's), else stages weighted by their usual share of the time."""
+        if self.elapsed_seconds is not None and self.eta_seconds is not None and self.stage != Stage.DONE:
+            total = self.elapsed_seconds + self.eta_seconds
+            return min(1.0, self.elapsed_seconds / total) if total > 0 else 0.0
         start = 0.0
         for stage, weight in STAGE_WEIGHTS:
             if stage == self.stage:
@@ -327,7 +482,10 @@ class Progress(BaseModel):
         return 1.0 if self.stage == Stage.DONE else 0.0
 
 
-ARTIFACT_NAMES: tuple[str, ...] = ("model.onnx", "report.json", "report.html", "samples.png", "log.txt")
+JOB_FILES: tuple[str, ...] = ("model.onnx", "report.json", "report.html", "samples.png", "log.txt")
+# prune.mode "sweep": every candidate's ONNX (the report's search.candidates[].artifact names it)
+CANDIDATE_FILES: tuple[str, ...] = tuple(f"candidate-{i}.onnx" for i in range(1, MAX_CANDIDATES + 1))
+ARTIFACT_NAMES: tuple[str, ...] = JOB_FILES + CANDIDATE_FILES
 GATE_METRICS: dict[str, Literal["ssim", "psnr", "speedup"]] = {
     "min_ssim": "ssim",
     "min_psnr": "psnr",

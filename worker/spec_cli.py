@@ -17,8 +17,10 @@ from worker.spec import (
     Criterion,
     LossName,
     PruneMethod,
+    PruneMode,
     Quantize,
     RecoveryName,
+    parse_target,
 )
 
 
@@ -47,6 +49,26 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--iterative-steps", type=int, metavar="N")
     g.add_argument("--ignore", action="append", metavar="PATTERN", help="layer-name pattern never pruned")
     g.add_argument("--blocks", type=int, metavar="N", help="block method: residual blocks to remove")
+    g.add_argument(
+        "--target",
+        action="append",
+        metavar="EXPR",
+        help="search the compression level for a result instead of a ratio (repeatable): 'ssim>=0.95', "
+        "'psnr>=30', 'latency_ms<=8' (1 thread), 'size_mb<=2', 'speedup>=2'",
+    )
+    g.add_argument(
+        "--mode",
+        choices=[m.value for m in PruneMode],
+        help="single (one ratio), search (candidates, the pick meets --target) or sweep (search, and every "
+        "candidate's ONNX is returned); default: search with --target, else single",
+    )
+    g.add_argument(
+        "--no-quantize-candidates",
+        dest="quantize_candidates",
+        action="store_false",
+        default=None,
+        help="with --target: do not try INT8/FP16 copies of the best candidates",
+    )
     g.add_argument(
         "--recover",
         choices=[r.value for r in RecoveryName],
@@ -151,6 +173,7 @@ def spec_from_args(args: argparse.Namespace) -> CompressionSpec:
             "iterative_steps": args.iterative_steps,
             "ignore": args.ignore,
             "blocks": args.blocks,
+            "mode": args.mode,
         },
         "recover": {"method": args.recover, "samples": args.recover_samples},
         "distill": {
@@ -174,6 +197,15 @@ def spec_from_args(args: argparse.Namespace) -> CompressionSpec:
         prune.setdefault("ratio", None)
     if args.seed is not None:
         raw["seed"] = args.seed
+    if args.target:
+        try:
+            raw.setdefault("target", {}).update(parse_target(args.target))
+        except ValueError as e:
+            raise BadSpecError(f"--target: {e}") from e
+    if args.quantize_candidates is not None:
+        if "target" not in raw:
+            raise BadSpecError("--no-quantize-candidates needs --target")
+        raw["target"]["quantize"] = False
     return validate_spec(raw)
 
 

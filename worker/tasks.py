@@ -39,7 +39,7 @@ from worker.core.storage import ArtifactStore, store_from_settings
 from worker.core.uploads import UploadRegistry, calibration_key, model_key
 from worker.engine.convert import REQUIRE_ENV
 from worker.errors import InvalidResultError, first_line
-from worker.spec import ARTIFACT_NAMES, ModelFormat, Progress
+from worker.spec import ARTIFACT_NAMES, CANDIDATE_FILES, ModelFormat, Progress
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class ProgressSink:
         self.stage_started = time.monotonic()
         self.last_write = 0.0
         self.seen = 0
+        self.candidates: list[dict[str, Any]] | None = None  # a search's front so far: kept across events
 
     def __call__(self, event: dict[str, Any]) -> None:
         if event.get("event") != "progress":
@@ -90,10 +91,12 @@ class ProgressSink:
         self.seen += 1
         now = time.monotonic()
         changed = p.stage != self.stage
+        if p.candidates is not None:
+            self.candidates = [c.model_dump(mode="json") for c in p.candidates]
         if changed:
             self._close_stage(now)
             self.stage, self.stage_started = p.stage, now
-        elif now - self.last_write < PROGRESS_MIN_INTERVAL:
+        elif now - self.last_write < PROGRESS_MIN_INTERVAL and p.candidates is None:
             return
         self.last_write = now
         progress = {
@@ -104,6 +107,8 @@ class ProgressSink:
             "eta_seconds": p.eta_seconds,
             "message": p.message,
         }
+        if self.candidates is not None:
+            progress["candidates"] = self.candidates
         self.jobs.update_running(self.job_id, stage=str(p.stage), progress=progress, heartbeat=time.time())
 
     def _close_stage(self, now: float) -> None:
@@ -228,7 +233,15 @@ def _run_claimed(rec: JobRecord, svc: _Services) -> JobState:
             except InvalidResultError as e:
                 log.warning("job.invalid_result job_id=%s detail=%s", rec.id, e.detail)
                 return _finish(jobs, rec.id, JobState.FAILED, error=e.to_dict(), artifacts=artifacts)
-            progress = {"fraction": 1.0, "step": 1, "total": 1, "loss": None, "eta_seconds": 0.0}
+            progress: dict[str, Any] = {
+                "fraction": 1.0,
+                "step": 1,
+                "total": 1,
+                "loss": None,
+                "eta_seconds": 0.0,
+            }
+            if sink.candidates is not None:
+                progress["candidates"] = sink.candidates
             return _finish(
                 jobs, rec.id, JobState.SUCCEEDED, summary=summary, artifacts=artifacts, stage="done",
                 progress=progress,
@@ -276,9 +289,35 @@ def _upload_artifacts(store: ArtifactStore, job_id: str, out: Path, log_path: Pa
     for name in ARTIFACT_NAMES:
         path = combined if name == "log.txt" else out / name
         if path.is_file() and not path.is_symlink():
+            if name in CANDIDATE_FILES:  # checked like model.onnx (checked_summary) before anyone gets it
+                try:
+                    check_onnx_file(path, name)
+                except InvalidResultError as e:
+                    log.warning("job.invalid_candidate job_id=%s name=%s detail=%s", job_id, name, e.detail)
+                    continue
             store.put_file(f"jobs/{job_id}/{name}", path)
             names.append(name)
     return names
+
+
+def check_onnx_file(path: Path, name: str) -> None:
+    """``path`` must be a single-file ONNX model that ``onnx.checker`` accepts: an engine output is
+    data the worker checks itself. Raises ``InvalidResultError``."""
+    import onnx
+
+    from worker.model_checks import external_tensors
+
+    try:
+        if path.is_symlink():
+            raise InvalidResultError(f"{name} is a link")
+        model = onnx.load(str(path), load_external_data=False)
+        if external_tensors(model):
+            raise InvalidResultError(f"{name} refers to external data")
+        onnx.checker.check_model(model)
+    except InvalidResultError:
+        raise
+    except Exception as e:
+        raise InvalidResultError(f"{name} is missing or not a valid ONNX model: {first_line(e)[:300]}") from e
 
 
 MAX_REPORT_BYTES = 64 * 2**20
@@ -289,9 +328,6 @@ def checked_summary(out: Path) -> dict[str, Any]:
     event (only a signal): ``report.json`` must validate against the report schema and
     ``model.onnx`` must be a single-file ONNX model that ``onnx.checker`` accepts. Raises
     ``InvalidResultError``."""
-    import onnx
-
-    from worker.model_checks import external_tensors
     from worker.report_schema import Report
 
     report_path, model_path = out / "report.json", out / "model.onnx"
@@ -301,19 +337,7 @@ def checked_summary(out: Path) -> dict[str, Any]:
         report = Report.model_validate_json(report_path.read_bytes())
     except (OSError, ValueError) as e:
         raise InvalidResultError(f"report.json is missing or invalid: {first_line(e)[:300]}") from e
-    try:
-        if model_path.is_symlink():
-            raise InvalidResultError("model.onnx is a link")
-        model = onnx.load(str(model_path), load_external_data=False)
-        if external_tensors(model):
-            raise InvalidResultError("model.onnx refers to external data")
-        onnx.checker.check_model(model)
-    except InvalidResultError:
-        raise
-    except Exception as e:
-        raise InvalidResultError(
-            f"model.onnx is missing or not a valid ONNX model: {first_line(e)[:300]}"
-        ) from e
+    check_onnx_file(model_path, "model.onnx")
     summary = report.summary.model_dump(mode="json")
     summary["gates"] = report.gates.model_dump(mode="json")
     return summary

@@ -23,7 +23,7 @@ from fastapi.templating import Jinja2Templates
 
 from worker.core.jobs import JobState
 from worker.errors import NotFoundError
-from worker.spec import ARTIFACT_NAMES
+from worker.spec import JOB_FILES
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 STATIC = WEB / "static"
@@ -89,7 +89,7 @@ def job_page(request: Request, job_id: str) -> HTMLResponse:
     if not JOB_ID.match(job_id):
         return _page(request, "not_found.html", 404, nav="jobs", title="Not found", what=job_id)
     return _page(
-        request, "job.html", nav="jobs", title=f"Job {job_id}", job_id=job_id, artifacts=ARTIFACT_NAMES
+        request, "job.html", nav="jobs", title=f"Job {job_id}", job_id=job_id, artifacts=JOB_FILES
     )
 
 

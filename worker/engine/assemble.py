@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from worker.core.storage import sha256_file
-from worker.engine import measure, quality
+from worker.engine import measure, quality, search
 from worker.engine import report as rep
 from worker.engine.export import ort_run
 from worker.engine.result import PipelineResult
@@ -32,10 +32,13 @@ from worker.engine.stage_sections import (
 )
 from worker.report_schema import (
     Absent,
+    LatencySection,
     MetricSummary,
     Report,
+    SizeSection,
+    Summary,
 )
-from worker.spec import Distribution, Progress, Stage
+from worker.spec import Distribution, Progress, Stage, TargetSpec
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,24 @@ def _add_fid(
     )
 
 
+def final_misses(target: TargetSpec, summary: Summary, size: Any, latency: Any) -> list[str]:
+    """The targets the shipped model misses, by this report's measurements."""
+    one = None
+    if isinstance(latency, LatencySection):
+        one = next((t.student.p50_ms for t in latency.per_threads if t.threads == 1), None)
+    size_mb = None
+    if isinstance(size, SizeSection) and size.student.bytes.value is not None:
+        size_mb = size.student.bytes.value / 1e6
+    values = {
+        "ssim": summary.ssim,
+        "psnr": summary.psnr,
+        "speedup": summary.speedup,
+        "latency_ms": one,
+        "size_mb": size_mb,
+    }
+    return search.final_misses(values, target)
+
+
 def write_all(r: PipelineResult, out_dir: Path, emit: Callable[[Progress], None]) -> dict[str, Any]:
     warnings: list[str] = list(r.warnings)
     feeds_all = {k: v.numpy() for k, v in r.heldout.items()}
@@ -142,6 +163,19 @@ def write_all(r: PipelineResult, out_dir: Path, emit: Callable[[Progress], None]
     emit(Progress(stage=Stage.REPORT, message="report.json, report.html, samples.png"))
     summary, gates = rep.summarize(size, latency, qsec, r.spec.gates)
     summary.collapse = collapse_message(summary, r)
+    if r.spec.target is not None:
+        summary.target_misses = final_misses(r.spec.target, summary, size, latency)
+        summary.target_met = not summary.target_misses
+        if r.search is not None and not r.search.met and summary.target_met:
+            r.search.final_note += (
+                " No candidate met the targets in its short search training, but the shipped model, "
+                "distilled for the rest of the budget, does (summary.target_met)."
+            )
+        if summary.target_misses:
+            searched = "" if r.search is None else f" (search: {r.search.why})"
+            warnings.insert(
+                0, f"Target not met by the shipped model: {'; '.join(summary.target_misses)}{searched}."
+            )
     if summary.collapse:
         warnings.insert(0, summary.collapse)
     spec_dict = r.spec.model_dump(mode="json")
@@ -165,6 +199,7 @@ def write_all(r: PipelineResult, out_dir: Path, emit: Callable[[Progress], None]
         latency=latency,
         memory=memory,
         quality=qsec,
+        search=r.search,
         gates=gates,
         summary=summary,
         warnings=warnings,

@@ -17,8 +17,8 @@ import torch
 from worker.engine.assemble import write_all
 from worker.engine.budget import Budget
 from worker.engine.result import PipelineResult, PruneOutcome, RecoveryOutcome
-from worker.engine.stages import exporting, pruning, recovery, setup, training
-from worker.spec import CompressionSpec, Progress, Stage
+from worker.engine.stages import exporting, pruning, recovery, search, setup, training
+from worker.spec import CompressionSpec, Progress, PruneMode, Stage
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ def with_job_eta(progress: ProgressFn, budget: Budget) -> ProgressFn:
             eta = 0.0
         else:
             eta = budget.left()
-        progress(p.model_copy(update={"eta_seconds": round(eta, 1)}))
+        update = {"eta_seconds": round(eta, 1), "elapsed_seconds": round(budget.elapsed(), 1)}
+        progress(p.model_copy(update=update))
 
     return emit
 
@@ -123,32 +124,49 @@ def run_pipeline(
         )
     bench.check()
 
-    emit(Progress(stage=Stage.PRUNE, message=f"{spec.prune.method.value} pruning"))
-    distiller = training.Distiller(bench, spec.distill)
-    with timed("prune"):
-        pruned = pruning.run(bench, spec.prune, distiller)
-    between_rounds = sum(r.seconds for r in distiller.rounds)  # distillation, not pruning
-    seconds["prune"] -= between_rounds
-    bench.check()
-
-    t = time.perf_counter()
-    recovered, recovery_note = recovery.run(bench, spec.recover, pruned)
-    if recovered is not None:
-        seconds["recover"] = time.perf_counter() - t
-        score_after_prune = recovered.score_before  # measured there: one held-out pass, not two
-    else:
+    searched: search.SearchOutcome | None = None
+    export_spec = spec.export
+    if spec.mode == PruneMode.SINGLE:
+        emit(Progress(stage=Stage.PRUNE, message=f"{spec.prune.method.value} pruning"))
+        distiller = training.Distiller(bench, spec.distill)
         with timed("prune"):
-            score_after_prune = bench.score()
-    bench.check()
+            pruned = pruning.run(bench, spec.prune, distiller)
+        between_rounds = sum(r.seconds for r in distiller.rounds)  # distillation, not pruning
+        seconds["prune"] -= between_rounds
+        bench.check()
+
+        t = time.perf_counter()
+        recovered, recovery_note = recovery.run(bench, spec.recover, pruned)
+        if recovered is not None:
+            seconds["recover"] = time.perf_counter() - t
+            score_after_prune = recovered.score_before  # measured there: one held-out pass, not two
+        else:
+            with timed("prune"):
+                score_after_prune = bench.score()
+        bench.check()
+        distill_notes: list[str] = []
+    else:  # candidates at several levels; the pick (its own workbench) is distilled on below
+        with timed("search"):
+            searched = search.run(bench, spec, out_dir)
+        pick = searched.pick
+        assert pick.bench is not None and pick.distiller is not None and pick.pruned is not None
+        bench, distiller, pruned = pick.bench, pick.distiller, pick.pruned
+        bench.emit = emit
+        recovered, recovery_note = pick.recovered, pick.recovery_note
+        score_after_prune = pick.score_after_prune if pick.score_after_prune is not None else bench.score()
+        distill_notes = list(searched.notes)
+        between_rounds = 0.0
+        export_spec = spec.export.model_copy(update={"quantize": searched.quantize})
+        bench.check()
 
     with timed("distill"):
-        distill_notes = training.train(distiller)
+        distill_notes += training.train(distiller)
         score_after_distill = bench.score()
     seconds["distill"] += between_rounds
     bench.check()
 
     with timed("export"):
-        exported, teacher_onnx, student_onnx = exporting.run(bench, spec.export, out_dir)
+        exported, teacher_onnx, student_onnx = exporting.run(bench, export_spec, out_dir)
     return PipelineResult(
         model_path=model_path,
         spec=spec,
@@ -167,4 +185,5 @@ def run_pipeline(
         budget=budget,
         distill_notes=distill_notes,
         recovery_note=recovery_note,
+        search=searched.section if searched is not None else None,
     )

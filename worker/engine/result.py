@@ -18,6 +18,7 @@ from worker.engine.budget import Budget
 from worker.engine.distill import DistillResult
 from worker.engine.export import ExportResult
 from worker.engine.importers import ImportedModel
+from worker.report_schema import SearchSection
 from worker.spec import CompressionSpec, PruneMethod
 
 
@@ -78,3 +79,4 @@ class PipelineResult:
     distill_notes: list[str] = field(default_factory=list)
     recovery_note: str | None = None  # why recovery did not run, when it was asked for
     fid_weights: Path | None = None
+    search: SearchSection | None = None  # prune.mode search / sweep: every candidate and the pick

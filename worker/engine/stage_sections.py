@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 
 from worker.core.storage import sha256_file
-from worker.engine import allocate
+from worker.engine import allocate, latency_model
 from worker.engine.result import PipelineResult
 from worker.report_schema import (
     Absent,
@@ -83,7 +83,16 @@ def pruning_section(r: PipelineResult) -> PruningSection:
         achieved = 1 - sum(x.channels_after for x in recs) / before if before else 0.0
         how = "fraction of output channels removed over all convolution / linear layers"
         a = p.allocation
-        if a is not None:
+        if a is not None and a.cost_unit != "MACs":
+            notes.append(
+                f"latency allocation: budget {a.target_cost:.2f} ms estimated at 1 thread (what uniform pruning at "
+                f"ratio {p.ratio_asked} leaves), reached {a.cost:.2f} ms estimated, {a.macs:,} MACs. Each of "
+                f"{len(a.units)} layer groups was pruned alone in a copy at ratios "
+                f"{', '.join(f'{x:g}' for x in allocate.LEVELS)} and its output distortion (MSE vs the original on "
+                f"{a.batch} inputs, no training) measured; groups were then pruned greedily, least distortion per "
+                f"estimated millisecond saved first ({a.seconds:.1f} s). {latency_model.PROFILE_HOW}"
+            )
+        elif a is not None:
             budget = (
                 f"target_macs {a.target_macs:,}"
                 if p.target_macs is not None
@@ -95,6 +104,7 @@ def pruning_section(r: PipelineResult) -> PruningSection:
                 f"its output distortion (MSE vs the original on {a.batch} inputs, no training) measured; "
                 f"groups were then pruned greedily, least distortion per MAC saved first ({a.seconds:.1f} s)"
             )
+        if a is not None:
             notes.append("ratio per group: " + ", ".join(f"{u.name} {a.ratios[u.name]:g}" for u in a.units))
         elif p.target_macs is not None:
             off = abs(p.macs_after - p.target_macs) / p.target_macs
@@ -146,7 +156,12 @@ def distillation_section(r: PipelineResult, metric: str) -> DistillationSection:
     steps = sum(x.steps for x in r.distill_rounds)
     seconds = sum(x.seconds for x in r.distill_rounds)
     notes = list(r.distill_notes)
-    if len(r.distill_rounds) > 1:
+    if len(r.distill_rounds) > 1 and r.search is not None:
+        notes.append(
+            f"{len(r.distill_rounds)} rounds: {len(r.distill_rounds) - 1} while candidate {r.search.pick} was "
+            "evaluated in the search, then the rest of the budget"
+        )
+    elif len(r.distill_rounds) > 1:
         notes.append(f"{len(r.distill_rounds)} rounds: pruning and distillation alternated (iterative_steps)")
     if last is not None and last.samples_per_second:
         notes.append(f"throughput {steps * d.batch_size / max(seconds, 1e-9):.1f} samples/s")
@@ -267,6 +282,13 @@ def timing_section(r: PipelineResult, seconds: dict[str, float]) -> TimingSectio
             "recover": "up to 30% of the budget",
             "distill": "what is left, less a reserve for export, measurement and the report",
             "measure": f"latency rounds up to {b.latency_seconds():.0f} s (8% of the budget, 2-20 s)",
+            **(
+                {
+                    "search": "candidates up to 60% of the training time left after import; the pick's distillation the rest"
+                }
+                if r.search is not None
+                else {}
+            ),
         },
         how_measured="time.perf_counter() in the engine process, from the start of the job to the report",
     )

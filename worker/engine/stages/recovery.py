@@ -35,30 +35,35 @@ RECOVERY_IMAGES, RECOVERY_LATENTS = 32, 256
 MIN_PREFIX_TRIES = 1  # held-out evaluations (past the share if need be) when looking for refits to keep
 
 # (outcome, or None with a note saying why it did not run)
-RecoverFn = Callable[[Workbench, RecoverSpec, PruneOutcome], "tuple[RecoveryOutcome | None, str | None]"]
+# deadline: the end of the stage's share (None: RECOVER_SHARE of the budget from now)
+RecoverFn = Callable[
+    [Workbench, RecoverSpec, PruneOutcome, "float | None"], "tuple[RecoveryOutcome | None, str | None]"
+]
 RECOVERIES: Registry[RecoveryName, RecoverFn] = Registry("recovery", RecoveryName, BadSpecError)
 
 
 def run(
-    bench: Workbench, spec: RecoverSpec, pruned: PruneOutcome
+    bench: Workbench, spec: RecoverSpec, pruned: PruneOutcome, deadline: float | None = None
 ) -> tuple[RecoveryOutcome | None, str | None]:
     if pruned.method == PruneMethod.UNSTRUCTURED:  # a refit would fill the zeros
         return None, None
-    return RECOVERIES.get(spec.method)(bench, spec, pruned)
+    return RECOVERIES.get(spec.method)(bench, spec, pruned, deadline)
 
 
 @RECOVERIES.register(RecoveryName.NONE)
-def no_recovery(bench: Workbench, spec: RecoverSpec, pruned: PruneOutcome) -> tuple[None, None]:
+def no_recovery(
+    bench: Workbench, spec: RecoverSpec, pruned: PruneOutcome, deadline: float | None = None
+) -> tuple[None, None]:
     return None, None
 
 
 @RECOVERIES.register(RecoveryName.LEAST_SQUARES)
 def least_squares(
-    bench: Workbench, spec: RecoverSpec, pruned: PruneOutcome
+    bench: Workbench, spec: RecoverSpec, pruned: PruneOutcome, deadline: float | None = None
 ) -> tuple[RecoveryOutcome | None, str | None]:
     bench.emit(Progress(stage=Stage.RECOVER, message="least-squares refit of each layer"))
     t0 = time.perf_counter()
-    deadline = bench.budget.share_deadline(RECOVER_SHARE)
+    deadline = deadline if deadline is not None else bench.budget.share_deadline(RECOVER_SHARE)
     n, patch = recovery_samples(bench, spec, deadline - t0), None
     if not n and spec.samples is None:
         n, patch = recovery_patch(bench, deadline - time.perf_counter())

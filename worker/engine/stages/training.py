@@ -107,15 +107,16 @@ def choose_patch(
     )
 
 
-def train(distiller: Distiller) -> list[str]:
-    """The main distillation run: what is left of the step limit, in what is left of the budget.
-    Returns notes for the report."""
+def train(distiller: Distiller, seconds: float | None = None) -> list[str]:
+    """The main distillation run: what is left of the step limit, in what is left of the budget
+    (or in ``seconds``: a search candidate's share). Returns notes for the report."""
     bench, spec = distiller.bench, distiller.spec
     budget = bench.budget
+    seconds = budget.distill_seconds() if seconds is None else min(seconds, budget.distill_seconds())
     # a step: the teacher's forward and the student's forward and backward, about 3 teacher forwards
     step_seconds = 3 * spec.batch_size * budget.per_sample_seconds()
-    full_size_steps = budget.distill_seconds() / step_seconds if step_seconds > 0 else math.inf
+    full_size_steps = seconds / step_seconds if step_seconds > 0 else math.inf
     patch, note = choose_patch(bench, spec.patch, full_size_steps)
     with bench.sampler.crops(patch):
-        distiller.run(max(0, spec.steps - distiller.steps), budget.distill_seconds())
+        distiller.run(max(0, spec.steps - distiller.steps), seconds)
     return [note] if note else []

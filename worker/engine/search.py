@@ -1,0 +1,204 @@
+"""Target search, the decisions: which compression levels to try, whether a candidate meets the
+targets, the latency-quality front, and which candidate to ship (torch-free; the stage that prunes,
+trains and measures the candidates is ``worker.engine.stages.search``).
+
+The level of a candidate is the channel ratio it stands for (with ``sensitivity`` or ``latency``
+allocation: the budget that uniform pruning at that ratio leaves). Latency and size fall as the
+level rises and quality falls, so both are searched by bisection over ``GRID``: cost targets on
+untrained ("structural") candidates, whose latency and size do not depend on their weights; quality
+targets on candidates refitted and briefly distilled, all for the same seconds so that they rank
+fairly. Then one finer level between the best level that met and the first that missed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from worker.report_schema import SearchCandidate
+from worker.spec import MAX_CHANNEL_RATIO, TargetSpec
+
+GRID: tuple[float, ...] = tuple(r for r in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75) if r <= MAX_CHANNEL_RATIO)
+SWEEP_LEVELS: tuple[float, ...] = (0.25, 0.5, 0.75)  # a sweep without a target: these and the asked ratio
+
+TIE = 0.01  # relative shortfalls this close rank as equal (then the faster candidate wins)
+
+_COST_FIELDS = {
+    "max_latency_ms": ("latency_ms", "<=", "ms"),
+    "max_size_mb": ("size_mb", "<=", "MB"),
+    "min_speedup": ("speedup", ">=", "x"),
+}
+_QUALITY_FIELDS = {"min_ssim": ("ssim", ">=", ""), "min_psnr": ("psnr", ">=", " dB")}
+
+
+def _value(c: SearchCandidate, metric: str) -> float | None:
+    if metric == "size_mb":
+        return c.size_bytes / 1e6
+    v = getattr(c, metric)
+    return None if v is None else float(v)
+
+
+def _check(
+    c: SearchCandidate, fields: dict[str, tuple[str, str, str]], target: TargetSpec
+) -> list[str] | None:
+    """Targets of ``fields`` that ``c`` misses, as text; None when one of them was not measured."""
+    return _misses({m: _value(c, m) for m, _, _ in fields.values()}, fields, target)
+
+
+def _misses(
+    values: dict[str, float | None], fields: dict[str, tuple[str, str, str]], target: TargetSpec
+) -> list[str] | None:
+    misses = []
+    for name, (metric, op, unit) in fields.items():
+        want = getattr(target, name)
+        if want is None:
+            continue
+        got = values.get(metric)
+        if got is None:
+            return None
+        ok = got >= want if op == ">=" else got <= want
+        if not ok:
+            misses.append(f"{metric} {got:.4g}{unit} {'<' if op == '>=' else '>'} {want:g}{unit}")
+    return misses
+
+
+def final_misses(values: dict[str, float | None], target: TargetSpec) -> list[str]:
+    """Targets the shipped model misses, from the report's own measurements (``values``: ssim, psnr,
+    latency_ms, size_mb, speedup); a target whose metric was not measured counts as missed."""
+    out: list[str] = []
+    for fields in (_COST_FIELDS, _QUALITY_FIELDS):
+        for name, (metric, _, _) in fields.items():
+            if getattr(target, name) is None:
+                continue
+            got = _misses({metric: values.get(metric)}, {name: fields[name]}, target)
+            out += [f"{metric} not measured"] if got is None else got
+    return out
+
+
+def meets_cost(c: SearchCandidate, target: TargetSpec) -> bool:
+    return _check(c, _COST_FIELDS, target) == []
+
+
+def judge(c: SearchCandidate, target: TargetSpec | None) -> None:
+    """Fill ``c.meets`` and ``c.misses``. ``meets`` is None while a quality target is unmeasured
+    (a structural candidate), unless a cost target already fails."""
+    if target is None:
+        c.meets, c.misses = (None if c.ssim is None and c.psnr is None else True), []
+        return
+    cost = _check(c, _COST_FIELDS, target) or []
+    quality = _check(c, _QUALITY_FIELDS, target)
+    c.misses = cost + (quality or [])
+    if quality is None:
+        c.meets = False if cost else None
+    else:
+        c.meets = not c.misses
+
+
+def quality_of(c: SearchCandidate) -> float | None:
+    """What ranks candidates by quality: SSIM, or PSNR where there is no SSIM."""
+    return c.ssim if c.ssim is not None else c.psnr
+
+
+def mark_front(cands: Sequence[SearchCandidate]) -> None:
+    """``pareto``: measured candidates no other candidate beats on both latency and quality."""
+    measured = [c for c in cands if quality_of(c) is not None]
+    for c in cands:
+        q = quality_of(c)
+        c.pareto = q is not None and not any(
+            o is not c
+            and o.latency_ms <= c.latency_ms
+            and (quality_of(o) or 0.0) >= q
+            and (o.latency_ms < c.latency_ms or (quality_of(o) or 0.0) > q)
+            for o in measured
+        )
+
+
+def shortfall(c: SearchCandidate, target: TargetSpec) -> float:
+    """How far ``c`` is from meeting every target: the sum of relative misses (0 when it meets)."""
+    total = 0.0
+    for fields in (_COST_FIELDS, _QUALITY_FIELDS):
+        for name, (metric, op, _) in fields.items():
+            want = getattr(target, name)
+            got = _value(c, metric)
+            if want is None:
+                continue
+            if got is None:
+                total += 1.0
+                continue
+            miss = (want - got) if op == ">=" else (got - want)
+            total += max(0.0, miss) / max(abs(want), 1e-9)
+    return total
+
+
+def choose(
+    cands: Sequence[SearchCandidate], target: TargetSpec | None, default_level: float | None = None
+) -> tuple[SearchCandidate, bool, str]:
+    """(pick, met, why). With quality targets: the fastest candidate that meets every target; with
+    cost targets only: the best quality among those that meet them; none meets: the closest (least
+    ``shortfall``). No target (a sweep): the candidate at ``default_level``."""
+    measured = [c for c in cands if quality_of(c) is not None]
+    if not measured:
+        raise ValueError("no candidate was measured")
+    if target is None:
+        level = default_level if default_level is not None else 0.5
+        pick = min(measured, key=lambda c: (abs(c.level - level), c.quantize != "none"))
+        return (
+            pick,
+            True,
+            f"no target: the candidate at the asked ratio {level:g} (a sweep returns every candidate)",
+        )
+    ok = [c for c in measured if c.meets]
+    if ok and target.quality_targets():
+        pick = min(ok, key=lambda c: (c.latency_ms, -(quality_of(c) or 0.0)))
+        return (
+            pick,
+            True,
+            (
+                f"the fastest of {len(ok)} candidates that meet every target: {pick.latency_ms:.3g} ms at 1 thread "
+                f"({pick.speedup:.2f}x), {_quality_text(pick)}"
+            ),
+        )
+    if ok:
+        pick = max(ok, key=lambda c: (quality_of(c) or 0.0, -c.latency_ms))
+        return (
+            pick,
+            True,
+            (
+                f"the best quality of {len(ok)} candidates that meet every target: {_quality_text(pick)} at "
+                f"{pick.latency_ms:.3g} ms"
+            ),
+        )
+    # shortfalls within TIE of each other are measurement noise: the faster one is closer
+    pick = min(measured, key=lambda c: (round(shortfall(c, target) / TIE), c.latency_ms))
+    return (
+        pick,
+        False,
+        (
+            f"no candidate met every target; the closest is shipped ({'; '.join(pick.misses) or 'unmeasured'}). "
+            "What would help: a longer budget_seconds (more distillation for the pick and its rivals), a looser "
+            "target, a GPU worker, or more calibration images."
+        ),
+    )
+
+
+def _quality_text(c: SearchCandidate) -> str:
+    parts = []
+    if c.ssim is not None:
+        parts.append(f"SSIM {c.ssim:.4f}")
+    if c.psnr is not None:
+        parts.append(f"PSNR {c.psnr:.2f} dB")
+    return ", ".join(parts)
+
+
+def bisect_index(lo: int, hi: int) -> int:
+    """The index to try next between ``lo`` and ``hi`` (inclusive)."""
+    return (lo + hi) // 2
+
+
+def between(levels: Iterable[float], met: float | None, missed: float | None) -> float | None:
+    """A finer level halfway between the best level that met and the first that missed, or None
+    when they are not neighbours on the grid or the level was already tried."""
+    if met is None or missed is None or missed <= met:
+        return None
+    mid = round((met + missed) / 2, 4)
+    tried = set(levels)
+    return None if mid in tried or mid - met < 0.03 else mid

@@ -117,6 +117,9 @@ def print_summary(summary: dict[str, Any], extra_rows: list[tuple[str, str]] | N
         table.add_row(f"gate {g.get('gate')} >= {g.get('threshold')}", f"{mark} ({_num(g.get('value'))})")
     if "gates_passed" in summary:
         table.add_row("gates passed", "yes" if summary["gates_passed"] else "NO")
+    if summary.get("target_met") is not None:
+        misses = "; ".join(summary.get("target_misses") or [])
+        table.add_row("target met", "yes" if summary["target_met"] else f"NO ({misses})")
     for k, v in extra_rows or []:
         table.add_row(k, v)
     Console(file=sys.stdout, width=100).print(table)
@@ -126,16 +129,21 @@ def _num(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+FAIL_IF_HELP = "exit 1 when it holds, e.g. 'ssim<0.9'; yes/no figures are 1/0: 'target_met==0'"
+
+
 def check_fail_if(exprs: list[str], summary: dict[str, Any]) -> list[tuple[str, str]]:
     """Evaluate ``--fail-if`` expressions; returns ``(expr, 'FAIL'/'pass')`` rows. Raises BadSpecError."""
     rows = []
     for expr in exprs:
         metric, op, threshold = parse_fail_if(expr)
-        if not isinstance(summary.get(metric), int | float) or isinstance(summary.get(metric), bool):
-            numeric = sorted(
-                k for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        # yes/no figures (gates_passed, target_met) count as 1/0: --fail-if 'target_met==0'
+        if not isinstance(summary.get(metric), int | float):
+            numeric = sorted(k for k, v in summary.items() if isinstance(v, int | float))
+            hint = " (target_met is set only when the spec has a target)" if metric == "target_met" else ""
+            raise BadSpecError(
+                f"--fail-if {expr!r}: the summary has no metric {metric!r}{hint}; it has {numeric}"
             )
-            raise BadSpecError(f"--fail-if {expr!r}: the summary has no metric {metric!r}; it has {numeric}")
         failed = OPS[op](float(summary[metric]), threshold)
         rows.append(
             (
@@ -289,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="torchvision inception_v3 state dict: adds FID (student vs teacher) to the report",
     )
-    c.add_argument("--fail-if", action="append", default=[], metavar="EXPR", help="e.g. 'ssim<0.9' (exit 1)")
+    c.add_argument("--fail-if", action="append", default=[], metavar="EXPR", help=FAIL_IF_HELP)
     add_spec_arguments(c)
 
     s = sub.add_parser("submit", help="submit a model to a gancompress server (for CI)")
@@ -298,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-key", help="API key (default: $GANCOMPRESS_API_KEY)")
     s.add_argument("--wait", action="store_true", help="wait for the job, show progress, print the summary")
     s.add_argument("--out", help="with --wait: download the artifacts here")
-    s.add_argument("--fail-if", action="append", default=[], metavar="EXPR", help="e.g. 'ssim<0.9' (exit 1)")
+    s.add_argument("--fail-if", action="append", default=[], metavar="EXPR", help=FAIL_IF_HELP)
     s.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
     s.add_argument("--poll", type=float, default=1.0, help="seconds between status polls")
     s.add_argument("--http-timeout", type=float, default=300.0, help="timeout of one HTTP request")

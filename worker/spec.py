@@ -199,6 +199,13 @@ class PruneSpec(_Strict):
         default_factory=list, description="Layer-name patterns (fnmatch) that are never pruned."
     )
     blocks: int | None = Field(None, ge=1, description="block only: number of residual blocks to remove.")
+    round_to: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="channel: keep channel counts multiples of this (nearest; 1 = exactly as the ratio "
+        "says). CPU convolution kernels run multiples of 8/16 faster per MAC.",
+    )
     mode: PruneMode | None = Field(
         None,
         description="single: one compression at ratio; search: candidates at several compression levels, "

@@ -50,6 +50,12 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ignore", action="append", metavar="PATTERN", help="layer-name pattern never pruned")
     g.add_argument("--blocks", type=int, metavar="N", help="block method: residual blocks to remove")
     g.add_argument(
+        "--round-to",
+        type=int,
+        metavar="N",
+        help="channel: kept channel counts multiples of N (default 8; 1 = off)",
+    )
+    g.add_argument(
         "--target",
         action="append",
         metavar="EXPR",
@@ -173,6 +179,7 @@ def spec_from_args(args: argparse.Namespace) -> CompressionSpec:
             "iterative_steps": args.iterative_steps,
             "ignore": args.ignore,
             "blocks": args.blocks,
+            "round_to": args.round_to,
             "mode": args.mode,
         },
         "recover": {"method": args.recover, "samples": args.recover_samples},

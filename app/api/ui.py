@@ -88,9 +88,7 @@ def jobs_page(request: Request) -> HTMLResponse:
 def job_page(request: Request, job_id: str) -> HTMLResponse:
     if not JOB_ID.match(job_id):
         return _page(request, "not_found.html", 404, nav="jobs", title="Not found", what=job_id)
-    return _page(
-        request, "job.html", nav="jobs", title=f"Job {job_id}", job_id=job_id, artifacts=JOB_FILES
-    )
+    return _page(request, "job.html", nav="jobs", title=f"Job {job_id}", job_id=job_id, artifacts=JOB_FILES)
 
 
 @router.get("/jobs/{job_id}/report", response_class=HTMLResponse)

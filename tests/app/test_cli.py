@@ -39,6 +39,19 @@ def test_check_fail_if_and_exit_code() -> None:
         cli.check_fail_if(["lpips<0.1"], summary)
 
 
+def test_fail_if_on_the_target_search() -> None:
+    """A missed target fails the build only when asked (--fail-if 'target_met==0'); without a
+    target the summary's target_met is null, and saying so beats a silent pass."""
+    missed = {"ssim": 0.93, "gates_passed": True, "target_met": False, "target_misses": ["ssim 0.93 < 0.95"]}
+    rows = cli.check_fail_if(["target_met==0"], missed)
+    assert rows[0][1].startswith("FAIL") and cli.gate_exit(missed, rows) == cli.EXIT_GATE
+    assert cli.gate_exit(missed, []) == cli.EXIT_OK
+    met = {**missed, "target_met": True, "target_misses": []}
+    assert cli.gate_exit(met, cli.check_fail_if(["target_met==0"], met)) == cli.EXIT_OK
+    with pytest.raises(BadSpecError, match="only when the spec has a target"):
+        cli.check_fail_if(["target_met==0"], {**missed, "target_met": None})
+
+
 def test_compress_bad_input_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["compress", str(tmp_path / "missing.onnx"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -67,6 +67,7 @@ PRUNE_METHODS: Mapping[PruneMethod, Info] = described(
                 "iterative_steps",
                 "ignore",
                 "mode",
+                "round_to",
             ),
         ),
         PruneMethod.UNSTRUCTURED: Info(

@@ -169,6 +169,9 @@ def make_pruner(
     """Torch-Pruning's pruner over every layer the plan allows, at one ``ratio``, or per layer
     where ``layer_ratios`` names it (a dependency group takes the ratio of its first named layer)."""
     ignored = [model.get_submodule(n) for n in plan.kept]
+    # rounded at the end: Torch-Pruning's scheduler reaches these ratios at the last of its steps
+    if spec.round_to > 1 and not spec.global_ranking and (layer_ratios or ratio > 0):
+        layer_ratios = rounded_ratios(model, plan, ratio, layer_ratios, spec.round_to)
     per_layer = {model.get_submodule(n): r for n, r in (layer_ratios or {}).items() if n not in plan.kept}
     return tp.pruner.BasePruner(
         model,
@@ -182,6 +185,43 @@ def make_pruner(
         max_pruning_ratio=0.95,
         customized_pruners=CUSTOM_PRUNERS,
     )
+
+
+def out_channels(module: nn.Module) -> int | None:
+    for attr in ("out_channels", "out_features", "num_features"):
+        v = getattr(module, attr, None)
+        if isinstance(v, int):
+            return v
+    return None
+
+
+def rounded_ratio(channels: int, ratio: float, multiple: int) -> float:
+    """The ratio that keeps the multiple of ``multiple`` nearest to ``channels * (1 - ratio)``
+    (at least one multiple; layers under two multiples wide are left as asked). Torch-Pruning keeps
+    ``int(channels * (1 - ratio))``: the half channel added makes that exact."""
+    if channels < 2 * multiple or ratio <= 0:
+        return ratio
+    kept = max(multiple, min(channels, multiple * round(channels * (1 - ratio) / multiple)))
+    return max(0.0, 1.0 - (kept + 0.5) / channels)
+
+
+def rounded_ratios(
+    model: nn.Module, plan: PrunePlan, ratio: float, layer_ratios: dict[str, float] | None, multiple: int
+) -> dict[str, float]:
+    """Per-layer ratios whose kept channel counts are multiples of ``multiple`` (ONNX Runtime's
+    blocked convolution kernels run such widths measurably faster per MAC; benchmarks/NOTES.md).
+    With ``layer_ratios`` (an allocation) those layers are rounded; otherwise every prunable layer
+    gets ``ratio`` rounded. PixelShuffle producers keep their own block-aligned ratios."""
+    names = layer_ratios if layer_ratios is not None else {n: ratio for n in prunable_layers(model)}
+    out: dict[str, float] = {}
+    for name, r in names.items():
+        if name in plan.kept or name in plan.shuffle:
+            if layer_ratios is not None:
+                out[name] = r
+            continue
+        c = out_channels(model.get_submodule(name))
+        out[name] = r if c is None else rounded_ratio(c, r, multiple)
+    return out
 
 
 def count_macs(model: nn.Module, example: dict[str, torch.Tensor]) -> int:

@@ -39,14 +39,17 @@ def _mse(model: nn.Module, reference: nn.Module, batch: dict[str, torch.Tensor])
         return float((model(*batch.values()) - reference(*batch.values())).pow(2).mean())
 
 
+@pytest.mark.parametrize("round_to", [1, 8])
 @pytest.mark.parametrize("family", ["dcgan", "resnet", "sr", "style"])
 def test_allocation_meets_the_uniform_budget_with_less_distortion(
-    family: str, tiny_onnx: dict[str, Path]
+    family: str, round_to: int, tiny_onnx: dict[str, Path]
 ) -> None:
     """At the MACs uniform 0.5 leaves, the allocated model has at most those MACs (+1%) and no
-    more output distortion than the uniform one; the ratios are not all equal."""
+    more output distortion than the uniform one; the ratios are not all equal. With kept channels
+    rounded to multiples of 8 the tiny models' levels are coarse (a 16-channel layer has three),
+    so the allocation may land well under the budget but never over it."""
     model, ex, batch = _load(tiny_onnx[family])
-    spec = PruneSpec(ratio=0.5)
+    spec = PruneSpec(ratio=0.5, round_to=round_to)
     plan = plan_channel_pruning(model, ex, spec)
     uniform = copy.deepcopy(model)
     prune_step(uniform, ex, make_pruner(uniform, ex, spec, plan, 0.5), plan, 0.5)
@@ -59,8 +62,9 @@ def test_allocation_meets_the_uniform_budget_with_less_distortion(
     prune_step(student, ex, pruner, plan, alloc.site_ratios())
     got = count_macs(student, _one(ex))
     assert got == alloc.macs <= budget * 1.01
-    assert got >= budget * 0.7  # the last step is trimmed to the least level that suffices
-    assert _mse(student, model, batch) <= _mse(uniform, model, batch)
+    if round_to == 1:  # rounded, it may keep fewer MACs than uniform, so it may distort more
+        assert got >= budget * 0.7  # the last step is trimmed to the least level that suffices
+        assert _mse(student, model, batch) <= _mse(uniform, model, batch)
     assert student(*ex.values()).shape == model(*ex.values()).shape
     assert {u.name for u in alloc.units} == set(alloc.ratios)
     assert all(0.0 <= r <= max(A.LEVELS) for r in alloc.ratios.values())

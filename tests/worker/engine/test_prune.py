@@ -18,9 +18,11 @@ from worker.engine.prune import (
     count_macs,
     magnitude_masks,
     make_pruner,
+    out_channels,
     plan_channel_pruning,
     prune_step,
     ratio_for_target_macs,
+    rounded_ratio,
     sparsity_of,
 )
 from worker.engine.sampling import example_batch
@@ -249,3 +251,44 @@ def test_a_pixelshuffle_producer_of_the_output_stays_whole(tmp_path: Path) -> No
     prune_step(student, ex, make_pruner(student, ex, PruneSpec(ratio=0.5), plan, 0.5), plan, 0.5)
     assert student(*ex.values()).shape == model(*ex.values()).shape
     assert student.get_submodule(last).in_channels == 8  # the body around it was pruned
+
+
+@pytest.mark.parametrize(
+    ("channels", "ratio", "multiple", "kept"),
+    [
+        (64, 0.3, 8, 48),
+        (64, 0.5, 8, 32),
+        (64, 0.3, 16, 48),
+        (48, 0.9, 8, 8),
+        (12, 0.5, 8, 6),
+        (64, 0.3, 1, 45),
+    ],
+)
+def test_rounded_ratio_keeps_the_nearest_multiple(
+    channels: int, ratio: float, multiple: int, kept: int
+) -> None:
+    """Torch-Pruning keeps int(channels * (1 - ratio)); the rounded ratio makes that the nearest
+    multiple (at least one); a layer under two multiples wide keeps what the ratio says."""
+    r = rounded_ratio(channels, ratio, multiple)
+    assert int(channels * (1 - r)) == kept
+
+
+def test_round_to_makes_every_pruned_width_a_multiple(tiny_onnx: dict[str, Path]) -> None:
+    """Uniform 0.3 on the tiny SR model (16- and 32-channel convolutions): with round_to 8 every
+    pruned layer keeps a multiple of 8 (but the PixelShuffle producer, pruned in whole r*r blocks of
+    its own); with round_to 1 some do not."""
+    widths = {}
+    for multiple in (1, 8):
+        model, ex = _load(tiny_onnx["sr"])
+        spec = PruneSpec(ratio=0.3, round_to=multiple)
+        plan = plan_channel_pruning(model, ex, spec)
+        before = {n: out_channels(model.get_submodule(n)) for n in prunable_layers(model)}
+        prune_step(model, ex, make_pruner(model, ex, spec, plan, 0.3), plan, 0.3)
+        after = {n: out_channels(model.get_submodule(n)) for n in before}
+        widths[multiple] = {
+            n: c for n, c in after.items() if c != before[n] and before[n] >= 16 and n not in plan.shuffle
+        }
+    assert widths[8] and all(c % 8 == 0 for c in widths[8].values()), {
+        n: c for n, c in widths[8].items() if c % 8
+    }
+    assert any(c % 8 for c in widths[1].values())

@@ -191,7 +191,8 @@ class PruneSpec(_Strict):
     allocation: AllocationName = Field(
         AllocationName.SENSITIVITY,
         description="channel only: 'uniform' prunes every layer at the ratio; 'sensitivity' keeps the MACs "
-        "that leaves (or target_macs) but chooses per-layer ratios by measured output distortion.",
+        "that leaves (or target_macs) but chooses per-layer ratios by measured output distortion; "
+        "'latency' does the same for the teacher's time measured per layer in ONNX Runtime.",
     )
     global_ranking: bool = Field(False, description="Rank channels across layers instead of per layer.")
     iterative_steps: int = Field(1, ge=1, le=32, description="Prune in N rounds with distillation between.")

@@ -62,3 +62,24 @@ def test_relative_links_resolve() -> None:
             if not (page.parent / target.split("#")[0]).exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert not broken
+
+
+def test_every_spec_field_is_in_the_parameters_table() -> None:
+    """Each field of every spec section has a row (`section.field`) in docs/engine.md's table."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    from worker.spec import CompressionSpec
+
+    text = (ROOT / "docs" / "engine.md").read_text()
+    table = text[text.index("## Parameters") : text.index("## Target search")]
+    fields = []
+    for name, info in CompressionSpec.model_fields.items():
+        # a section is a model, or an optional one (target: TargetSpec | None)
+        models = [t for t in (info.annotation, *get_args(info.annotation)) if isinstance(t, type)]
+        section = next((t for t in models if issubclass(t, BaseModel)), None)
+        fields += [f"{name}.{f}" for f in section.model_fields] if section else [name]
+    assert len(fields) > 20
+    missing = [f for f in fields if f"`{f}`" not in table]
+    assert not missing

@@ -1,14 +1,16 @@
-"""`make deploy-test`: build the image, run the real docker-compose.yml with podman, compress through it.
+"""`make deploy-test`: build the images, run the real docker-compose.yml with podman, compress through it.
 
 What it does, in order (each step prints one line; a table at the end; exit 1 on any miss):
 
 1. base images: where no registry is reachable, stand-ins for ``python:3.11-slim-bookworm`` and
    ``redis:7.2-alpine`` are built from a ``debootstrap``'ed Debian bookworm (deploy/base/); with
    ``--python-image`` / ``--redis-image`` (or a registry) the official images are used instead;
-2. the runtime image, from the repository's Dockerfile (target and tag read from docker-compose.yml),
-   with pip using the host's package sources (its pip configuration and local wheel directories are
-   passed in as build arguments and read-only build-time mounts: nothing of them is in the image);
-   the GPU target only where its CUDA base image is present;
+2. the images, one per role, from the repository's Dockerfile (each service's target and tag read
+   from docker-compose.yml): the API's (``.[api]``, checked to hold no torch, onnxruntime or CUDA
+   library) and the worker's (torch), with pip using the host's package sources (its pip
+   configuration and local wheel directories are passed in as build arguments and read-only
+   build-time mounts to the builder stages: nothing of them is in either image); the GPU target
+   only where its CUDA base image is present;
 3. ``podman-compose -f docker-compose.yml up`` (the real file; settings by environment variables
    only), every healthcheck waited for (podman < 4.6 ignores ``condition: service_healthy`` and runs
    healthchecks from systemd timers, which these machines lack, so this script starts Redis first and
@@ -239,10 +241,66 @@ def host_pip_sources(tmp: Path) -> tuple[list[str], list[str]]:
     return args, mounts
 
 
-def compose_build_target() -> tuple[str, str]:
-    """(image tag, Dockerfile target) of the API service, as docker-compose.yml says."""
-    api = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["api"]
-    return api["image"], api["build"].get("target", "runtime")
+ROLES = ("api", "worker")  # the compose services that get an image of their own, built here
+# what the API image must not hold: it never loads a model (DESIGN.md, tests/app/test_sniff.py)
+ENGINE_MODULES = (
+    "torch",
+    "torchvision",
+    "onnxruntime",
+    "onnx2torch",
+    "torch_pruning",
+    "onnxslim",
+    "onnxscript",
+)
+
+
+def compose_images() -> dict[str, tuple[str, str]]:
+    """service -> (image tag, Dockerfile target), for the API and the CPU worker, as
+    docker-compose.yml says."""
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    return {role: (services[role]["image"], services[role]["build"]["target"]) for role in ROLES}
+
+
+def dockerfile_stages(text: str | None = None) -> dict[str, tuple[str, list[str], list[str]]]:
+    """stage name -> (what it is FROM, the stages it copies from, its instructions), in file order."""
+    text = (ROOT / "Dockerfile").read_text() if text is None else text
+    stages: dict[str, tuple[str, list[str], list[str]]] = {}
+    lines = re.sub(r"\\\n", " ", text).splitlines()  # one line per instruction
+    current: list[str] = []
+    for line in lines:
+        m = re.match(r"^FROM\s+(\S+)\s+AS\s+(\S+)", line, re.I)
+        if m:
+            current = []
+            stages[m.group(2)] = (m.group(1), [], current)
+        elif stages and line.strip() and not line.lstrip().startswith("#"):
+            current.append(line.strip())
+            c = re.match(r"^COPY\s+--from=(\S+)", line, re.I)
+            if c:
+                next(reversed(stages.values()))[1].append(c.group(1))
+    return stages
+
+
+def stages_of(target: str, stages: dict[str, tuple[str, list[str], list[str]]] | None = None) -> list[str]:
+    """Every stage the target is built from (its FROM chain and what it copies from), target last."""
+    stages = dockerfile_stages() if stages is None else stages
+    seen: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in stages and name not in seen:
+            parent, copies, _ = stages[name]
+            for dep in (parent, *copies):
+                visit(dep)
+            seen.append(name)
+
+    visit(target)
+    return seen
+
+
+def builder_stages(target: str) -> list[str]:
+    """The stages whose files the target copies (where pip runs): built first, with pip's sources."""
+    stages = dockerfile_stages()
+    chain = stages_of(target, stages)
+    return [s for s in chain if any(s in stages[t][1] for t in chain)]
 
 
 def snapshot_context(dest: Path) -> Path:
@@ -255,8 +313,9 @@ def snapshot_context(dest: Path) -> Path:
     return dest
 
 
-def build_image(run: Run, env: dict[str, str], python_image: str, tmp: Path) -> str:
-    tag, target = compose_build_target()
+def build_images(run: Run, env: dict[str, str], python_image: str, tmp: Path) -> None:
+    """The API and the worker image (and the GPU one where its base is here), as compose names them."""
+    images = compose_images()
     args, mounts = host_pip_sources(tmp)
     common = [
         "podman", "build", "--network", "host",
@@ -266,48 +325,76 @@ def build_image(run: Run, env: dict[str, str], python_image: str, tmp: Path) -> 
         "--build-arg", f"TORCH_INDEX_URL={os.environ.get('GANCOMPRESS_TORCH_INDEX_URL', 'https://pypi.org/simple')}",
         *args, "-f", str(ROOT / "Dockerfile"),
     ]  # fmt: skip
-    # Two passes: the builder stage with pip's sources mounted, then the target, whose builder steps
-    # come from the cache, without them (a build-time mount leaves its mount point in every stage's
-    # layers, so the runtime stage must be built with none).
-    # Both passes build from one snapshot of the context: with other people editing the working
-    # tree, a file changed in between would make the second pass rebuild the builder stage, without
+    # Two passes: the builder stages with pip's sources mounted, then the targets, whose builder
+    # steps come from the cache, without them (a build-time mount leaves its mount point in every
+    # stage's layers, so a runtime stage must be built with none).
+    # Every pass builds from one snapshot of the context: with other people editing the working
+    # tree, a file changed in between would make a later pass rebuild a builder stage, without
     # the mounts.
     ctx = snapshot_context(tmp / "context")
-    builder_tag = f"{tag.split(':')[0]}-builder:latest"
-    builder = [*common, *mounts, "--target", "builder", "-t", builder_tag, str(ctx)]
-    argv = [*common, "--target", target, "-t", tag, str(ctx)]
     log = ROOT / "var" / "deploy-test" / "build.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     say(
-        f"     building {tag} (about 10 minutes cold, seconds when cached); output in {log.relative_to(ROOT)}"
+        f"     building {', '.join(t for t, _ in images.values())} (about 10 minutes cold, seconds "
+        f"when cached); output in {log.relative_to(ROOT)}"
     )
-    t0 = time.monotonic()
+    took: dict[str, float] = {}
     with log.open("w") as f:
-        for step in (builder, argv):
-            f.write(f"$ {' '.join(step)}\n")
+
+        def build(*argv: str) -> float:
+            f.write(f"$ {' '.join(argv)}\n")
             f.flush()
+            t0 = time.monotonic()
             r = subprocess.run(
-                ["nice", "-n", "10", *step], env=env, stdout=f, stderr=subprocess.STDOUT, timeout=3600
+                ["nice", "-n", "10", *argv], env=env, stdout=f, stderr=subprocess.STDOUT, timeout=3600
             )
             if r.returncode != 0:
                 tail = log.read_text(errors="replace").strip().splitlines()[-5:]
                 raise Miss(f"podman build exited {r.returncode}: {' / '.join(tail)}")
-    took = time.monotonic() - t0
-    size = image_size(tag, env)
-    run.facts["image"] = tag
-    run.facts["image_size"] = f"{size / 1e9:.2f} GB"
-    run.facts["build_seconds"] = f"{took:.0f}"
-    leaked = sh(
-        ["podman", "run", "--rm", "--entrypoint", "sh", tag, "-c",
-         "ls -d /opt/* /etc/pip.conf /etc/xdg/pip /run/gancompress-build 2>/dev/null; pip config list"],
-        env,
-    ).stdout.split()  # fmt: skip
-    foreign = [p for p in leaked if p not in ("/opt/venv",)]
-    run.check("image build", True, f"{tag} (target {target}), {size / 1e9:.2f} GB", took)
+            return time.monotonic() - t0
+
+        for role, (tag, target) in images.items():  # the API first: its builder is the small one
+            took[role] = 0.0
+            for stage in builder_stages(target):
+                stage_tag = f"{tag.split(':')[0]}-{stage}:latest"
+                took[role] += build(*common, *mounts, "--target", stage, "-t", stage_tag, str(ctx))
+        for role, (tag, target) in images.items():
+            took[role] += build(*common, "--target", target, "-t", tag, str(ctx))
+    run.facts["build_seconds"] = f"{sum(took.values()):.0f}"
+    for role, (tag, target) in images.items():
+        size = image_size(tag, env)
+        venv = sh(["podman", "run", "--rm", "--entrypoint", "du", tag, "-sb", "/opt/venv"], env).stdout
+        run.facts[f"image_{role}"] = (
+            f"{tag} (target {target}): {size / 1e9:.2f} GB, /opt/venv {int(venv.split()[0]) / 1e9:.2f} GB"
+        )
+        run.facts[f"build_{role}_seconds"] = f"{took[role]:.0f}"
+        run.check(f"image build ({role})", True, f"{tag} (target {target}), {size / 1e9:.2f} GB", took[role])
+        leaked = sh(
+            ["podman", "run", "--rm", "--entrypoint", "sh", tag, "-c",
+             "ls -d /opt/* /etc/pip.conf /etc/xdg/pip /run/gancompress-build 2>/dev/null; pip config list"],
+            env,
+        ).stdout.split()  # fmt: skip
+        foreign = [p for p in leaked if p not in ("/opt/venv",)]
+        run.check(
+            f"{role} image has no build-time paths",
+            not foreign,
+            "pip config empty, /opt holds only the venv" if not foreign else f"found: {', '.join(foreign)}",
+        )
+    api_tag = images["api"][0]
+    probe = (
+        "import importlib.util as u, importlib.metadata as m; "
+        f"print(*[n for n in {ENGINE_MODULES!r} if u.find_spec(n)], "
+        "len(list(m.distributions())), sum(d.metadata['Name'].lower().startswith(('nvidia', 'triton')) "
+        "for d in m.distributions()))"
+    )
+    out = sh(["podman", "run", "--rm", "--entrypoint", "python", api_tag, "-c", probe], env).stdout.split()
+    found, (count, cuda) = out[:-2], out[-2:]
     run.check(
-        "image has no build-time paths",
-        not foreign,
-        "pip config empty, /opt holds only the venv" if not foreign else f"found: {', '.join(foreign)}",
+        "api image has no engine packages",
+        not found and cuda == "0",
+        f"none of {', '.join(ENGINE_MODULES)} importable, no CUDA libraries; {count} distributions"
+        if not found and cuda == "0"
+        else f"found: {', '.join(found)}; {cuda} CUDA distributions",
     )
     gpu_tag = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["worker-gpu"]["image"]
     if image_exists(GPU_BASE, env):
@@ -326,7 +413,6 @@ def build_image(run: Run, env: dict[str, str], python_image: str, tmp: Path) -> 
             True,
             f"not built: its base {GPU_BASE} is not on this machine and no registry is reachable",
         )
-    return tag
 
 
 # --- 3. compose ------------------------------------------------------------------------------------
@@ -529,14 +615,14 @@ def deploy_test(args: argparse.Namespace, run: Run, tmp: Path) -> None:
         python_image, redis_image = python_image or STANDIN_PYTHON, redis_image or STANDIN_REDIS
     run.check("base images", True, f"python: {python_image}, redis: {redis_image}", time.monotonic() - t0)
 
-    # 2. the image
+    # 2. the images
     if args.no_build:
-        tag = compose_build_target()[0]
-        if not image_exists(tag, env):
-            raise Miss(f"--no-build, and there is no image {tag}")
-        run.facts["image_size"] = f"{image_size(tag, env) / 1e9:.2f} GB"
+        for role, (tag, target) in compose_images().items():
+            if not image_exists(tag, env):
+                raise Miss(f"--no-build, and there is no image {tag}")
+            run.facts[f"image_{role}"] = f"{tag} (target {target}): {image_size(tag, env) / 1e9:.2f} GB"
     else:
-        build_image(run, env, python_image, tmp)
+        build_images(run, env, python_image, tmp)
 
     # 3. compose up
     port = args.port or free_port()
@@ -565,7 +651,13 @@ def deploy_test(args: argparse.Namespace, run: Run, tmp: Path) -> None:
         run.facts["start_worker_seconds"] = f"{took_worker:.1f}"
         base = f"http://127.0.0.1:{port}"
         ready = httpx.get(f"{base}/readyz", timeout=10)
-        run.check("readyz", ready.status_code == 200, f"{ready.status_code} {ready.text[:120]}")
+        body = ready.json() if ready.headers.get("content-type", "").endswith("json") else {}
+        run.check(
+            "readyz",
+            ready.status_code == 200,
+            f"{ready.status_code}; workers {body.get('workers')}"
+            + "".join(f"; {k}: {v}" for k, v in body.items() if k.endswith("_error") or k == "detail"),
+        )
         anon = httpx.get(f"{base}/v1/jobs", timeout=10)
         run.check("auth", anon.status_code == 401, f"no key: {anon.status_code}; with key: see below")
         health = httpx.get(f"{base}/healthz", timeout=10).json()

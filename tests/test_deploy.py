@@ -1,4 +1,5 @@
-"""The deployment files are valid: ``docker-compose config`` and ``hadolint`` are clean."""
+"""The deployment files are valid (``docker-compose config`` and ``hadolint`` are clean), each
+compose service uses its role's image, and the API image installs no torch."""
 
 from __future__ import annotations
 
@@ -68,6 +69,76 @@ def test_dockerfile_is_multistage_and_non_root() -> None:
     assert "USER 10001" in text and "HEALTHCHECK" in text and "whl/cpu" in text
 
 
+def test_compose_points_each_service_at_its_role_image() -> None:
+    """The API, the CPU worker and the GPU worker each build their own Dockerfile target, under
+    their own tag; every target is a stage of the Dockerfile."""
+    services = yaml_load()["services"]
+    targets = {name: services[name]["build"]["target"] for name in ("api", "worker", "worker-gpu")}
+    assert targets == {"api": "api", "worker": "worker", "worker-gpu": "gpu"}
+    images = [services[name]["image"] for name in targets]
+    assert len(set(images)) == len(images), images
+    assert set(targets.values()) <= set(_deploy_script().dockerfile_stages())
+
+
+# what the API never imports (DESIGN.md §2; tests/app/test_sniff.py checks the process)
+ENGINE = ("torch", "torchvision", "onnxruntime", "onnx2torch", "torch-pruning", "onnxslim", "onnxscript")
+
+
+def test_api_image_installs_no_torch() -> None:
+    """The API target's stages (its FROM chain and the builder it copies its virtualenv from)
+    install ``.[api]`` and nothing of the engine, and what ``.[api]`` brings, dependencies of
+    dependencies included, holds no torch, onnxruntime or CUDA library."""
+    mod = _deploy_script()
+    stages = mod.dockerfile_stages()
+    chain = mod.stages_of("api", stages)
+    assert "builder" not in chain and "api-builder" in chain, chain
+    assert mod.builder_stages("api") == ["api-builder"]
+    text = "\n".join(line for name in chain for line in stages[name][2]).lower()
+    installs = re.findall(r"pip install ([^&\n]*)", text)
+    assert installs == ['".[api]"'], installs
+    assert "torch" not in text and "onnxruntime" not in text and "[worker]" not in text
+    # and the worker target is the one with torch
+    worker = "\n".join(line for name in mod.stages_of("worker", stages) for line in stages[name][2])
+    assert "torch==" in worker and '".[worker]"' in worker
+
+    closure = _requirement_closure("api")
+    heavy = {n for n in closure if n in ENGINE or n.startswith(("nvidia-", "triton"))}
+    assert not heavy, heavy
+    assert {"fastapi", "celery", "onnx"} <= closure
+
+
+def _requirement_closure(extra: str) -> set[str]:
+    """Normalized names of every distribution ``gancompress[extra]`` installs, read from
+    pyproject.toml and, below it, the installed packages' metadata (.venv holds them all)."""
+    import tomllib
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    todo = [Requirement(r) for r in [*project["dependencies"], *project["optional-dependencies"][extra]]]
+    seen: set[str] = set()
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if name == "gancompress":  # a self-reference: gancompress[api] inside another extra
+            todo += [Requirement(r) for e in req.extras for r in project["optional-dependencies"][e]]
+            continue
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(req.name) or []
+        except metadata.PackageNotFoundError:
+            pytest.fail(f"{req.name} (needed by gancompress[{extra}]) is not installed in this venv")
+        for r in map(Requirement, requires):
+            envs = [{"extra": e} for e in req.extras] or [{"extra": ""}]
+            if r.marker is None or any(r.marker.evaluate(env) for env in envs):
+                todo.append(r)
+    return seen
+
+
 def _deploy_script() -> Any:
     import importlib.util
 
@@ -87,10 +158,10 @@ def test_deploy_test_runs_the_real_compose_file() -> None:
     argv = mod.Stack({}, "podman-compose").compose_argv("up", "-d")
     assert argv[:3] == ["podman-compose", "-f", str(ROOT / "docker-compose.yml")]
     doc = yaml_load()
-    tag, target = mod.compose_build_target()
-    assert (
-        tag == doc["services"]["worker"]["image"] == doc["services"]["api"]["image"] and target == "runtime"
-    )
+    assert mod.compose_images() == {
+        role: (doc["services"][role]["image"], doc["services"][role]["build"]["target"])
+        for role in ("api", "worker")
+    }
     assert doc["services"]["redis"]["image"] == "${GANCOMPRESS_REDIS_IMAGE:-redis:7.2-alpine}"
     makefile = (ROOT / "Makefile").read_text()
     assert "\ndeploy-test:" in makefile and "deploy/deploy_test.py" in makefile

@@ -107,6 +107,57 @@ def test_api_image_installs_no_torch() -> None:
     assert {"fastapi", "celery", "onnx"} <= closure
 
 
+# The API process as ``pip install ".[api]"`` leaves it: every distribution of this venv that the
+# `api` extra does not install is made unimportable (optional imports then fall back, as they would
+# in the image), and the process starts the app, picks uvicorn's loop and HTTP parser, and loads
+# the Celery producer's broker transport and control mailbox (kombu imports its Redis transport only
+# at the first send_task or ping: a dependency missing there left every container healthy, /readyz
+# at 503 and every submit failing).
+API_PROCESS = """
+import json, re, sys
+from importlib import metadata
+allowed = set(json.loads(sys.argv[2]))
+canon = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+blocked = {top for top, ds in metadata.packages_distributions().items() if not {canon(d) for d in ds} & allowed}
+blocked -= {m.split(".")[0] for m in sys.modules}  # what the interpreter's start-up (.pth files) loaded
+tried = set()
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            tried.add(name.split(".")[0])
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NotInstalled())
+from app.main import create_app
+from worker.core.settings import Settings
+import uvicorn.loops.auto, uvicorn.protocols.http.auto
+uvicorn.loops.auto.auto_loop_factory()
+svc = create_app(Settings(storage_url=sys.argv[1])).state.services
+celery = svc.queue.celery
+celery.connection_for_write().transport, celery.control.mailbox, celery.amqp.router
+print(json.dumps({"loaded": sorted(sys.modules), "tried": sorted(tried)}))
+"""
+
+
+def test_the_api_process_runs_on_its_extra_alone(tmp_path: Path) -> None:
+    """What the API process needs, its broker transport included, is all in ``gancompress[api]``
+    (the API image's install), and it never even tries to import torch or onnxruntime."""
+    import json
+
+    closure = sorted(_requirement_closure("api") | {"gancompress"})
+    r = subprocess.run(
+        [sys.executable, "-c", API_PROCESS, str(tmp_path / "artifacts"), json.dumps(closure)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, f"the API needs more than gancompress[api] installs: {r.stderr[-2000:]}"
+    out = json.loads(r.stdout)
+    assert {"kombu.transport.redis", "kombu.pidbox", "uvloop", "httptools", "app.main"} <= set(out["loaded"])
+    engine = {m.replace("-", "_") for m in ENGINE}
+    assert not engine & ({m.split(".")[0] for m in out["loaded"]} | set(out["tried"])), out["tried"]
+
+
 def _requirement_closure(extra: str) -> set[str]:
     """Normalized names of every distribution ``gancompress[extra]`` installs, read from
     pyproject.toml and, below it, the installed packages' metadata (.venv holds them all)."""

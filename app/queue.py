@@ -19,6 +19,7 @@ class JobQueue:
         self.redis = redis
         self.celery = make_celery(settings)
         self._ping_cache: tuple[float, list[str]] = (0.0, [])
+        self.ping_error: str | None = None  # why the last ping could not be sent (/readyz shows it)
 
     def enqueue(self, job_id: str, budget_seconds: float) -> None:
         """Send ``compress.run(job_id)`` with time limits derived from the job's budget."""
@@ -39,9 +40,10 @@ class JobQueue:
             return names
         try:
             replies = self.celery.control.ping(timeout=timeout) or []
-        except Exception as e:  # the broker is down: not ready
+            self.ping_error = None
+        except Exception as e:  # the broker is down, or its transport cannot load: not ready
             log.warning("queue.ping_failed error=%s", e)
-            replies = []
+            replies, self.ping_error = [], f"{type(e).__name__}: {e}"
         names = sorted(name for reply in replies for name in reply)
         self._ping_cache = (time.monotonic(), names)
         return names

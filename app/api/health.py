@@ -73,6 +73,9 @@ async def readyz(request: Request) -> Response:
         checks["storage_error"] = str(e)
     workers = await run_in_threadpool(svc.queue.workers) if checks["redis"] else []
     checks["workers"] = workers
+    if not workers and checks["redis"] and svc.queue.ping_error:
+        # no reply because the ping was never sent (not: no worker running)
+        checks["workers_error"] = svc.queue.ping_error
     if checks["redis"] and checks["storage"] and workers:
         return JSONResponse({"status": "ready", **checks})
     missing = [k for k in ("redis", "storage") if not checks[k]] + ([] if workers else ["workers"])

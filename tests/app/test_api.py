@@ -552,7 +552,24 @@ def test_metrics(client: TestClient) -> None:
 
 def test_readyz_without_worker_is_503(client: TestClient) -> None:
     body = assert_problem(client.get("/readyz"), 503, "not_ready")
-    assert body["redis"] is True and body["workers"] == []
+    assert body["redis"] is True and body["workers"] == [] and "workers_error" not in body
+
+
+def test_readyz_says_why_the_ping_could_not_be_sent(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker transport that cannot load (a missing dependency of the API's install) is not
+    "no worker answers": /readyz names the error."""
+    control = client.app.state.services.queue.celery.control  # type: ignore[attr-defined]
+
+    def ping(**_: object) -> None:
+        raise ModuleNotFoundError("No module named 'packaging'")
+
+    monkeypatch.setattr(control, "ping", ping)
+    body = assert_problem(client.get("/readyz"), 503, "not_ready")
+    assert (
+        body["workers"] == [] and body["workers_error"] == "ModuleNotFoundError: No module named 'packaging'"
+    )
 
 
 def test_openapi_documents_the_api(client: TestClient) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -201,7 +202,8 @@ def rounded_ratio(channels: int, ratio: float, multiple: int) -> float:
     ``int(channels * (1 - ratio))``: the half channel added makes that exact."""
     if channels < 2 * multiple or ratio <= 0:
         return ratio
-    kept = max(multiple, min(channels, multiple * round(channels * (1 - ratio) / multiple)))
+    # halves round up (not to even): at 32 channels, ratio 0.375 keeps 24, not the 16 that 0.5 keeps
+    kept = max(multiple, min(channels, multiple * math.floor(channels * (1 - ratio) / multiple + 0.5)))
     return max(0.0, 1.0 - (kept + 0.5) / channels)
 
 

@@ -262,6 +262,7 @@ def test_a_pixelshuffle_producer_of_the_output_stays_whole(tmp_path: Path) -> No
         (48, 0.9, 8, 8),
         (12, 0.5, 8, 6),
         (64, 0.3, 1, 45),
+        (32, 0.375, 8, 24),  # a half rounds up, not to even (0.5 keeps 16)
     ],
 )
 def test_rounded_ratio_keeps_the_nearest_multiple(

@@ -111,6 +111,7 @@ class Searcher:
         self.shapes = {k: list(v.shape) for k, v in self.one.items()}
         self.t_out = ort_run(onnx.load(str(self.teacher_onnx)), self.feeds)[0]
         self.cands: list[Candidate] = []
+        self.alias: dict[float, Candidate] = {}  # levels that pruned exactly what an earlier one did
         self.train_seconds: float | None = None
         self.slot: float | None = None
         self.planned = 1
@@ -165,6 +166,8 @@ class Searcher:
         return dataclasses.replace(self.bench, student=copy.deepcopy(self.base), emit=emit)
 
     def _level_done(self, level: float, quantize: Quantize = Quantize.NONE) -> Candidate | None:
+        if quantize == Quantize.NONE and level in self.alias:
+            return self.alias[level]
         return next((c for c in self.cands if c.row.level == level and c.row.quantize == quantize), None)
 
     # --- evaluation ---------------------------------------------------------------------------
@@ -188,6 +191,13 @@ class Searcher:
             self.deadline,
         )
         pruned = pruning.run(sub, pspec, distiller, cache=self.cache, deadline=deadline)
+        same = next(
+            (c for c in self.cands if c.row.quantize == "none" and c.row.macs == pruned.macs_after), None
+        )
+        if same is not None:  # rounded channel counts: this level prunes exactly what another did
+            self.alias[level] = same
+            self.emit(f"level {level:g} keeps the same channels as {same.row.id} (level {same.row.level:g})")
+            return same
         c = Candidate(
             row=SearchCandidate(
                 id=cid,

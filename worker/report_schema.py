@@ -322,6 +322,14 @@ class SearchCandidate(_Strict):
         description="Every target met (null: quality not measured, cost targets only)."
     )
     misses: list[str] = Field(default_factory=list, description="Targets missed, with the numbers.")
+    ssim_projected: float | None = Field(
+        None,
+        description="SSIM projected for the training the pick gets (a power law fitted to this candidate's own "
+        "held-out learning curve, half its gain counted); null: not projected.",
+    )
+    meets_projected: bool | None = Field(
+        None, description="Every target met with ssim_projected in place of ssim (null: not projected)."
+    )
     pareto: bool = Field(
         False, description="On the latency-quality front: no other candidate is both faster and better."
     )

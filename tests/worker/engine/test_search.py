@@ -92,6 +92,40 @@ def test_without_a_target_the_candidate_at_the_asked_ratio_is_shipped() -> None:
         S.choose([cand("c1", 0.5, 5.0, None)], None)
 
 
+def test_a_learning_curve_projects_the_error_on_its_power_law() -> None:
+    """Error 0.1 * t^-0.5 measured to t = 10 s: at 40 s the law says 0.1 / sqrt(40); half the gain
+    is counted. A flat or rising curve, or one too short, projects nothing."""
+    curve = [(t, 1 - 0.1 * t**-0.5) for t in (1.0, 2.0, 4.0, 6.0, 8.0, 10.0)]
+    at10 = 1 - 0.1 * 10**-0.5
+    full = 1 - 0.1 * 40**-0.5
+    assert S.project_ssim(at10, curve, 10.0, 40.0) == pytest.approx(at10 + 0.5 * (full - at10), rel=1e-6)
+    steep = [(t, 1 - 0.1 * t**-2.0) for t in (1.0, 2.0, 4.0, 6.0, 8.0, 10.0)]
+    capped = 1 - (1 - steep[-1][1]) * 4**-S.MAX_EXPONENT  # the exponent is capped
+    assert S.project_ssim(steep[-1][1], steep, 10.0, 40.0) == pytest.approx(
+        steep[-1][1] + 0.5 * (capped - steep[-1][1]), rel=1e-6
+    )
+    assert S.project_ssim(0.9, [(t, 0.9) for t in (1.0, 2.0, 3.0, 4.0, 5.0)], 5.0, 40.0) is None
+    assert S.project_ssim(0.9, [(t, 0.9 - 0.01 * t) for t in (1.0, 2.0, 3.0, 4.0)], 4.0, 40.0) is None
+    assert S.project_ssim(at10, curve[-2:], 10.0, 40.0) is None
+
+
+def test_a_candidate_projected_to_meet_is_picked_when_faster_but_not_called_met() -> None:
+    t = TargetSpec(min_ssim=0.95)
+    rows = judged([cand("c1", 0.25, 8.0, 0.96), cand("c2", 0.625, 4.0, 0.94, ssim_projected=0.955)], t)
+    for r in rows:
+        S.judge_projected(r, t)
+    assert rows[1].meets is False and rows[1].meets_projected is True
+    pick, met, why = S.choose(rows, t)
+    assert pick.id == "c2" and not met and "projected" in why
+    rows[1].ssim_projected = 0.945  # projected short as well: the measured pass wins
+    S.judge_projected(rows[1], t)
+    assert S.choose(rows, t)[0].id == "c1"
+    # a PSNR target has no projection
+    tp = TargetSpec(min_ssim=0.95, min_psnr=30)
+    S.judge_projected(rows[1], tp)
+    assert rows[1].meets_projected is None
+
+
 def test_the_front_holds_only_candidates_nothing_beats_on_both_axes() -> None:
     rows = [
         cand("c1", 0.25, 8.0, 0.97),

@@ -102,6 +102,8 @@ class Searcher:
         self.sweep = spec.mode == PruneMode.SWEEP
         self.t0 = time.perf_counter()
         self.deadline = self.t0 + SEARCH_SHARE * bench.budget.distill_seconds()
+        # what the pick's distillation will get after the search (quality projections aim there)
+        self.final_seconds = (1.0 - SEARCH_SHARE) * bench.budget.distill_seconds()
         self.base: nn.Module = copy.deepcopy(bench.student)  # the unpruned student, never changed
         self.cache = pruning.PruneCache(base=self.base)
         self.tmp = Path(tempfile.mkdtemp(prefix="gc-search-"))
@@ -268,6 +270,20 @@ class Searcher:
         c.row.train_seconds = round(sum(r.seconds for r in c.distiller.rounds), 2)
         self._measure(c, c.exported.model, latency=False, quality_too=True)
         S.judge(c.row, self.target)
+        self._project(c)
+
+    def _project(self, c: Candidate) -> None:
+        """``ssim_projected``: its SSIM after the training the pick gets, from its own curve."""
+        assert c.distiller is not None
+        if c.row.ssim is None or not self._image_outputs():
+            return
+        curve, offset = [], 0.0
+        for r in c.distiller.rounds:
+            curve += [(offset + p["seconds"], p["heldout_score"]) for p in r.curve]
+            offset += r.seconds
+        proj = S.project_ssim(c.row.ssim, curve, offset, offset + self.final_seconds)
+        c.row.ssim_projected = None if proj is None else round(proj, 5)
+        S.judge_projected(c.row, self.target)
 
     def quantized(self, src: Candidate, mode: Quantize) -> Candidate | None:
         """A quantized copy of trained candidate ``src``, measured like any other (None when the
@@ -305,6 +321,11 @@ class Searcher:
         self._measure(c, model, latency=True, quality_too=True)
         c.row.seconds = time.perf_counter() - t
         S.judge(c.row, self.target)
+        src_row = src.row
+        if src_row.ssim_projected is not None and src_row.ssim is not None and c.row.ssim is not None:
+            # the copy keeps the source's projected gain, less what quantization cost it
+            c.row.ssim_projected = round(src_row.ssim_projected - (src_row.ssim - c.row.ssim), 5)
+        S.judge_projected(c.row, self.target)
         self.emit(
             f"candidate {cid}: {mode.value} of {src.row.id}, {c.row.latency_ms:.3g} ms, {_quality(c.row)}"
         )
@@ -423,7 +444,7 @@ class Searcher:
             i = S.bisect_index(a, b)
             c = self.trained(grid[i])
             self.bench.check()
-            if c.row.meets:
+            if S.passes(c.row):  # met, or projected to with the pick's training
                 met, a = grid[i], i + 1
             else:
                 missed, b = grid[i], i - 1
@@ -441,13 +462,16 @@ class Searcher:
         for _ in range(MAX_REFINES):
             if not self.room():
                 return
-            met = [c.row.level for c in self.cands if c.trained and c.row.meets and c.row.quantize == "none"]
+            met = [
+                c.row.level for c in self.cands if c.trained and S.passes(c.row) and c.row.quantize == "none"
+            ]
             near = [
                 c
                 for c in self.cands
                 if c.trained
                 and c.row.quantize == "none"
                 and c.row.meets is False
+                and not c.row.meets_projected
                 and c.row.level > max(met, default=-1.0)
                 and S.shortfall(c.row, self.target) <= NEAR_MISS
                 and S.meets_cost(c.row, self.target)

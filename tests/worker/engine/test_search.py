@@ -197,6 +197,30 @@ def _run(model: Path, doc: dict[str, Any], out: Path, calib: Path | None) -> tup
     return events, report
 
 
+def _page(out: Path) -> str:
+    """report.html's search section (the page itself is checked by the report tests)."""
+    page = (out / "report.html").read_text()
+    start = page.index('<section id="search"')
+    return page[start : page.index("</section>", start)]
+
+
+def test_the_front_chart_draws_each_measured_candidate_and_the_target_lines() -> None:
+    from worker.engine.report.charts import svg_front
+
+    rows = [
+        cand("c1", 0.25, 8.0, 0.97, pareto=True),
+        cand("c2", 0.5, 5.0, 0.93, pareto=True, picked=True),
+        cand("c3", 0.5, 3.0, 0.91, quantize="int8-static", pareto=True),
+        cand("c4", 0.625, 4.0, None),
+    ]
+    svg = svg_front(rows, min_ssim=0.95, max_latency_ms=6.0)
+    assert svg.count('data-testid="front-point"') == 3  # c4 has no quality
+    assert svg.count("<rect") == 1 and svg.count('data-testid="front-pick"') == 1
+    assert 'data-testid="target-ssim"' in svg and 'data-testid="target-latency"' in svg
+    assert svg.count("<polyline") == 1
+    assert "No candidate" in svg_front([rows[3]])
+
+
 def test_a_quality_target_ships_the_fastest_candidate_that_meets_it(
     tiny_onnx: dict[str, Path], tmp_path: Path, calib_file: Path
 ) -> None:
@@ -223,6 +247,14 @@ def test_a_quality_target_ships_the_fastest_candidate_that_meets_it(
     assert report.summary.target_met == (not report.summary.target_misses)
     assert report.spec["target"]["min_ssim"] == 0.5
     assert not list(out.glob("candidate-*.onnx"))  # only a sweep returns candidates
+    # the page: one chart point and one table row per candidate measured for quality, the pick marked
+    page = _page(out)
+    measured = [c for c in s.candidates if c.ssim is not None]
+    assert page.count('data-testid="front-point"') == len(measured)
+    assert page.count('data-testid="search-row"') == len(s.candidates)
+    assert page.count('data-testid="front-pick"') == 1 and 'data-testid="target-ssim"' in page
+    verdict = "Target met" if report.summary.target_met else "Target missed"
+    assert verdict in page
     assert any(e.stage == Stage.SEARCH for e in events) and events[-1].stage == Stage.DONE
     # its interface is the teacher's
     t = ort.InferenceSession(str(tiny_onnx["resnet"]), providers=["CPUExecutionProvider"])
@@ -251,7 +283,10 @@ def test_a_sweep_returns_every_candidate_as_a_valid_onnx_file(
     macs = [c.macs for c in sorted(s.candidates, key=lambda c: c.level)]
     assert macs == sorted(macs, reverse=True)  # more pruned, fewer MACs
     z = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
+    page = _page(out)
+    assert "no target (a sweep)" in page and 'data-testid="search-verdict"' not in page
     for c in s.candidates:
+        assert f'href="{c.artifact}"' in page
         assert c.artifact == f"candidate-{c.id[1:]}.onnx"
         path = out / c.artifact
         onnx.checker.check_model(str(path))

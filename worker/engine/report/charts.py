@@ -14,6 +14,7 @@ import numpy as np
 from worker.report_schema import (
     LatencySection,
     LayerRow,
+    SearchCandidate,
 )
 
 if TYPE_CHECKING:
@@ -196,5 +197,102 @@ def svg_latency_boxes(latency: LatencySection, width: int = 640, testid: str = "
     parts.append(
         f'<text x="{ml + pw / 2:.0f}" y="{height - 6}" text-anchor="middle" class="label">'
         f"latency per run (ms, batch {latency.batch_size})</text></svg>"
+    )
+    return "".join(parts)
+
+
+def svg_front(
+    cands: Sequence[SearchCandidate],
+    min_ssim: float | None = None,
+    max_latency_ms: float | None = None,
+    width: int = 640,
+    height: int = 300,
+    testid: str = "chart-front",
+) -> str:
+    """The target search's latency-quality front: one point per candidate measured for quality
+    (x: p50 at 1 thread, ms; y: SSIM, or PSNR where there is none), the Pareto points joined, the
+    pick ringed, quantized copies as squares, and the target lines dashed."""
+    metric = "ssim" if any(c.ssim is not None for c in cands) else "psnr"
+    pts = [(c, c.latency_ms, getattr(c, metric)) for c in cands if getattr(c, metric) is not None]
+    if not pts:
+        return f'<p class="muted" data-testid="{_esc(testid)}">No candidate was measured for quality.</p>'
+    ml, mr, mt, mb = 64, 20, 16, 42
+    xs = [x for _, x, _ in pts] + ([max_latency_ms] if max_latency_ms else [])
+    ys = [y for _, _, y in pts] + ([min_ssim] if min_ssim is not None and metric == "ssim" else [])
+    x0, x1 = 0.0, max(xs) * 1.08
+    y0, y1 = min(ys), max(ys)
+    pad = 0.08 * ((y1 - y0) or abs(y1) or 1.0)
+    y0, y1 = y0 - pad, y1 + pad
+    pw, ph = width - ml - mr, height - mt - mb
+
+    def sx(x: float) -> float:
+        return ml + (x - x0) / ((x1 - x0) or 1.0) * pw
+
+    def sy(y: float) -> float:
+        return mt + (1 - (y - y0) / ((y1 - y0) or 1.0)) * ph
+
+    label = "SSIM vs the teacher (held-out)" if metric == "ssim" else "PSNR vs the teacher (dB, held-out)"
+    parts = [
+        f'<svg class="chart" data-testid="{_esc(testid)}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{_esc(label)} by latency of every candidate">'
+    ]
+    for ty in _nice_ticks(y0, y1):
+        parts.append(
+            f'<line x1="{ml}" x2="{width - mr}" y1="{sy(ty):.1f}" y2="{sy(ty):.1f}" class="grid"/>'
+            f'<text x="{ml - 6}" y="{sy(ty) + 4:.1f}" text-anchor="end" class="tick">{_fmt_tick(ty)}</text>'
+        )
+    for tx in _nice_ticks(x0, x1):
+        parts.append(
+            f'<text x="{sx(tx):.1f}" y="{height - mb + 16}" text-anchor="middle" class="tick">{_fmt_tick(tx)}</text>'
+        )
+    parts.append(
+        f'<line x1="{ml}" x2="{ml}" y1="{mt}" y2="{height - mb}" class="axis"/>'
+        f'<line x1="{ml}" x2="{width - mr}" y1="{height - mb}" y2="{height - mb}" class="axis"/>'
+        f'<text x="{ml + pw / 2:.0f}" y="{height - 6}" text-anchor="middle" class="label">'
+        "latency, p50 at 1 thread (ms, ONNX Runtime CPU)</text>"
+        f'<text x="14" y="{mt + ph / 2:.0f}" text-anchor="middle" class="label" '
+        f'transform="rotate(-90 14 {mt + ph / 2:.0f})">{_esc(label)}</text>'
+    )
+    if min_ssim is not None and metric == "ssim":
+        parts.append(
+            f'<line data-testid="target-ssim" x1="{ml}" x2="{width - mr}" y1="{sy(min_ssim):.1f}" '
+            f'y2="{sy(min_ssim):.1f}" stroke="{ORANGE}" stroke-dasharray="5 4"/>'
+            f'<text x="{width - mr - 4}" y="{sy(min_ssim) - 4:.1f}" text-anchor="end" class="legend">'
+            f"target SSIM {min_ssim:g}</text>"
+        )
+    if max_latency_ms:
+        parts.append(
+            f'<line data-testid="target-latency" x1="{sx(max_latency_ms):.1f}" x2="{sx(max_latency_ms):.1f}" '
+            f'y1="{mt}" y2="{height - mb}" stroke="{ORANGE}" stroke-dasharray="5 4"/>'
+            f'<text x="{sx(max_latency_ms) + 4:.1f}" y="{mt + 12}" class="legend">target {max_latency_ms:g} ms</text>'
+        )
+    front = sorted((x, y) for c, x, y in pts if c.pareto)
+    if len(front) > 1:
+        line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in front)
+        parts.append(f'<polyline points="{line}" fill="none" stroke="{TEAL}" stroke-width="1.5"/>')
+    for c, x, y in pts:
+        colour = TEAL if c.pareto else GREY
+        tip = (
+            f"{c.id}: level {c.level:g}, {c.quantize}, {x:.3g} ms, {metric.upper()} {y:.4g}"
+            f"{', picked' if c.picked else ''}"
+        )
+        shape = (
+            f'<rect x="{sx(x) - 4:.1f}" y="{sy(y) - 4:.1f}" width="8" height="8" fill="{colour}"/>'
+            if c.quantize != "none"
+            else f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{colour}"/>'
+        )
+        ring = (
+            f'<circle data-testid="front-pick" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="8" fill="none" '
+            f'stroke="{ORANGE}" stroke-width="2"/>'
+            if c.picked
+            else ""
+        )
+        parts.append(
+            f'<g class="point" data-testid="front-point" data-id="{_esc(c.id)}"><title>{_esc(tip)}</title>'
+            f'{shape}{ring}<text x="{sx(x) + 7:.1f}" y="{sy(y) + 12:.1f}" class="tick">{_esc(c.id)}</text></g>'
+        )
+    parts.append(
+        f'<text x="{ml + 8}" y="{mt + 12}" class="legend">circles: float candidates, squares: INT8/FP16 copies; '
+        "teal: on the front; ringed: the pick</text></svg>"
     )
     return "".join(parts)

@@ -22,7 +22,14 @@ from worker.report_schema import (
 if TYPE_CHECKING:
     pass
 
-from worker.engine.report.charts import ORANGE, TEAL, svg_bar_chart, svg_latency_boxes, svg_line_chart
+from worker.engine.report.charts import (
+    ORANGE,
+    TEAL,
+    svg_bar_chart,
+    svg_front,
+    svg_latency_boxes,
+    svg_line_chart,
+)
 from worker.engine.report.images import Grid, ReportImages, _data_uri, _placeholder_png, make_grid, png_bytes
 
 logger = logging.getLogger(__name__)
@@ -101,7 +108,11 @@ def render_html(report: Report, images: ReportImages | None) -> tuple[str, Grid 
         "loss": "",
         "heldout": "",
         "latency": svg_latency_boxes(report.latency) if isinstance(report.latency, LatencySection) else "",
+        "front": "",
     }
+    if report.search is not None:
+        t = report.search.targets
+        charts["front"] = svg_front(report.search.candidates, t.get("min_ssim"), t.get("max_latency_ms"))
     if not isinstance(distill, Absent) and distill.curve:
         xs = [p.step for p in distill.curve]
         charts["loss"] = svg_line_chart(

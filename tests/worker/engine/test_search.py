@@ -93,16 +93,18 @@ def test_without_a_target_the_candidate_at_the_asked_ratio_is_shipped() -> None:
 
 
 def test_a_learning_curve_projects_the_error_on_its_power_law() -> None:
-    """Error 0.1 * t^-0.5 measured to t = 10 s: at 40 s the law says 0.1 / sqrt(40); half the gain
-    is counted. A flat or rising curve, or one too short, projects nothing."""
+    """Error 0.1 * t^-0.5 measured to t = 10 s: at 40 s the law says 0.1 / sqrt(40); GAIN_COUNTED
+    of the gain is counted. A flat or rising curve, or one too short, projects nothing."""
     curve = [(t, 1 - 0.1 * t**-0.5) for t in (1.0, 2.0, 4.0, 6.0, 8.0, 10.0)]
     at10 = 1 - 0.1 * 10**-0.5
     full = 1 - 0.1 * 40**-0.5
-    assert S.project_ssim(at10, curve, 10.0, 40.0) == pytest.approx(at10 + 0.5 * (full - at10), rel=1e-6)
+    assert S.project_ssim(at10, curve, 10.0, 40.0) == pytest.approx(
+        at10 + S.GAIN_COUNTED * (full - at10), rel=1e-6
+    )
     steep = [(t, 1 - 0.1 * t**-2.0) for t in (1.0, 2.0, 4.0, 6.0, 8.0, 10.0)]
     capped = 1 - (1 - steep[-1][1]) * 4**-S.MAX_EXPONENT  # the exponent is capped
     assert S.project_ssim(steep[-1][1], steep, 10.0, 40.0) == pytest.approx(
-        steep[-1][1] + 0.5 * (capped - steep[-1][1]), rel=1e-6
+        steep[-1][1] + S.GAIN_COUNTED * (capped - steep[-1][1]), rel=1e-6
     )
     assert S.project_ssim(0.9, [(t, 0.9) for t in (1.0, 2.0, 3.0, 4.0, 5.0)], 5.0, 40.0) is None
     assert S.project_ssim(0.9, [(t, 0.9 - 0.01 * t) for t in (1.0, 2.0, 3.0, 4.0)], 4.0, 40.0) is None

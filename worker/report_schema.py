@@ -1,5 +1,8 @@
 """The shape of ``report.json`` (torch-free; the API, the CLI and clients read it).
 
+Longer than 400 lines because it is one document's schema (its JSON Schema is generated from it
+and published); every class is a declaration with the description a reader of the report sees.
+
 Conventions:
 
 - Every figure carries its unit: a :class:`Figure` (``value``, ``unit``, ``how``), a unit in the

@@ -5,6 +5,10 @@ Everything a user can ask for is validated here, at submit time, so that a bad s
 Every closed set of names is a ``StrEnum``; each engine registry must implement every member
 (tests assert it), and each member a user chooses (pruning method, criterion, loss, metric,
 quantization mode) is described in ``worker/core/catalog.py``, which refuses an incomplete table.
+
+Longer than 400 lines because it is one contract: the spec sections, their enums and the progress
+events are read together (by the API's schema, the catalogue and the CLI flags); split, each part
+would import the others.
 """
 
 from __future__ import annotations

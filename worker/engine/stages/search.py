@@ -11,6 +11,10 @@ and size do not depend on the weights. The decisions (levels, front, pick) are `
 
 Budget: the search may take ``SEARCH_SHARE`` of the time the job has for training when it starts;
 the pick's distillation gets the rest, and the finish reserve stays untouched.
+
+Longer than 400 lines because the ``Searcher`` is one piece of state (the candidates, their
+workbenches, the shared cache, the clock) that its evaluation steps and the bisection both change;
+the decisions that need none of it are already apart, in ``engine/search.py``.
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ class ProgressOut(BaseModel):
     loss: float | None = None
     eta_seconds: float | None = None
     message: str | None = None
+    candidates: list[dict[str, Any]] | None = Field(
+        None, description="Target search: every candidate measured so far (the live front); null otherwise."
+    )
 
 
 class JobError(BaseModel):

@@ -337,6 +337,10 @@ def test_etag_304(client: TestClient) -> None:
     r3 = client.get(f"/v1/jobs/{job['id']}", headers={"If-None-Match": etag})
     assert r3.status_code == 200 and r3.headers["etag"] != etag
     assert r3.json()["stage"] == "distill" and r3.json()["progress"]["step"] == 5
+    assert r3.json()["progress"]["candidates"] is None  # only a target search has a live front
+    front = [{"id": "c1", "level": 0.5, "quantize": "none", "macs": 10, "size_bytes": 4, "latency_ms": 1.5}]
+    svc.jobs.update_running(job["id"], stage="search", progress={"fraction": 0.2, "candidates": front})
+    assert client.get(f"/v1/jobs/{job['id']}").json()["progress"]["candidates"] == front
 
 
 def test_list_pagination_and_filter(client: TestClient) -> None:

@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx
 import pytest
@@ -236,6 +237,87 @@ def test_invalid_uploads_show_the_error_on_the_form(
     page.click("[data-testid=submit-button]")
     assert page.evaluate("() => document.querySelector('[data-testid=model-input]').validity.valueMissing")
     assert page.is_hidden("[data-testid=form-error]")
+    ui.guard.assert_clean()
+
+
+def test_a_target_search_shows_its_front_and_each_candidate_downloads(
+    ui: Browser, generator_onnx: Path
+) -> None:
+    """The target fields become spec.target (none when empty); the job page draws the front while
+    the search runs and, when done, the pick, the verdict and every candidate's file (a sweep)."""
+    import onnx
+
+    page = ui.page
+    _fill_form(ui, generator_onnx, steps="1000000", budget="25")
+    page.click("[data-testid=advanced] summary")
+    preview = json.loads(page.inner_text("[data-testid=spec-preview]"))
+    assert "target" not in preview and "mode" not in preview.get("prune", {})
+    assert page.is_checked("[data-testid=target-quantize]")  # the catalogue's default
+    options = page.eval_on_selector_all("[data-testid=prune-mode] option", "os => os.map(o => o.value)")
+    assert options == ["", "single", "search", "sweep"]
+    page.fill("[data-testid=target-min-ssim]", "0.5")
+    page.uncheck("[data-testid=target-quantize]")
+    page.select_option("[data-testid=prune-mode]", "sweep")
+    preview = json.loads(page.inner_text("[data-testid=spec-preview]"))
+    assert preview["target"] == {"min_ssim": 0.5, "quantize": False}
+    assert preview["prune"]["mode"] == "sweep"
+    ui.at_widths("submit-target")
+
+    job_id = _submit(ui)
+    # the live front: at least one candidate point before the job ends
+    page.wait_for_selector("[data-testid=front-point]", timeout=JOB_TIMEOUT_MS)
+    assert _state(ui, "succeeded", "failed", "canceled") == "succeeded", page.inner_text("main")
+    page.wait_for_selector("[data-testid=front-pick]")
+    job = _api_job(ui, job_id)
+    report = json.loads(page.request.get(urljoin(ui.base + "/", job["artifacts"]["report.json"])).body())
+    cands = report["search"]["candidates"]
+    assert len(cands) >= 2
+    rows = page.eval_on_selector_all("[data-testid=front-row]", "rs => rs.map(r => r.dataset.id)")
+    assert sorted(rows) == sorted(c["id"] for c in cands)
+    points = page.eval_on_selector_all("[data-testid=front-point]", "ps => ps.map(p => p.dataset.id)")
+    assert sorted(points) == sorted(c["id"] for c in cands if c["ssim"] is not None)
+    (pick,) = [c["id"] for c in cands if c["picked"]]
+    assert page.get_attribute("[data-testid=front-row].picked", "data-id") == pick
+    met = job["summary"]["target_met"]
+    assert page.get_attribute("[data-testid=search-verdict]", "data-met") == str(met).lower()
+    assert ("Target met" if met else "Target missed") in page.inner_text("[data-testid=search-verdict]")
+    assert page.locator("[data-testid=front-target]").count() == 1  # the min SSIM line (no height)
+    # pick another point of the front: each candidate's file downloads and is a valid ONNX model
+    for c in cands:
+        link = page.locator(f"[data-testid=front-file-{c['id']}]")
+        assert link.get_attribute("download") == c["artifact"]
+        body = page.request.get(str(link.get_attribute("href"))).body()
+        onnx.checker.check_model(onnx.load_from_string(body))
+    with page.expect_download() as dl:
+        page.click(f"[data-testid=front-file-{cands[0]['id']}]")
+    assert dl.value.suggested_filename == cands[0]["artifact"]
+    ui.assert_labelled()
+    ui.at_widths("job-search")
+    ui.guard.assert_clean()
+
+
+def test_an_invalid_target_is_refused_before_any_job(ui: Browser, generator_onnx: Path) -> None:
+    """Out of range: the browser's validation (the catalogue's limits) stops it; a target with no
+    figure at all: the server's 422 detail is shown on the form, and no job starts."""
+    page = ui.page
+    ui.guard.allow_status(422)
+    _fill_form(ui, generator_onnx, **TINY)
+    page.fill("[data-testid=target-min-ssim]", "2")
+    page.click("[data-testid=submit-button]")
+    assert page.evaluate(
+        "() => document.querySelector('[data-testid=target-min-ssim]').validity.rangeOverflow"
+    )
+    assert page.url == f"{ui.base}/"
+    page.fill("[data-testid=target-min-ssim]", "")
+    page.click("[data-testid=advanced] summary")
+    page.fill("[data-testid=spec-extra]", '{"target": {"quantize": false}}')
+    page.click("[data-testid=submit-button]")
+    error = page.locator("[data-testid=form-error]")
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=form-error]').textContent.includes('422')"
+    )
+    assert "a target needs at least one of" in error.inner_text()
+    assert page.url == f"{ui.base}/"
     ui.guard.assert_clean()
 
 

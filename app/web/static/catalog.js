@@ -5,7 +5,9 @@
 import { $, el } from "./dom.js";
 
 // The spec's sections and their pydantic model names in the catalogue's JSON schema ($defs).
-const SPEC_DEFS = { prune: "PruneSpec", distill: "DistillSpec", export: "ExportSpec", gates: "Gates" };
+const SPEC_DEFS = {
+  prune: "PruneSpec", distill: "DistillSpec", export: "ExportSpec", gates: "Gates", target: "TargetSpec",
+};
 
 /** The JSON schema of a form field named "section.field" (e.g. "prune.ratio"). */
 export function schemaOf(catalog, name) {
@@ -42,14 +44,32 @@ export function applyCatalog(form, catalog) {
     select.addEventListener("change", describe);
     describe();
   }
-  for (const input of form.querySelectorAll("input[type=number]")) {
+  for (const select of form.querySelectorAll("select[data-enum]")) {
+    // An optional enum field (e.g. prune.mode): its values from the schema's $defs, "" for null.
+    const defs = (catalog.spec && catalog.spec.$defs) || {};
+    const values = (defs[select.dataset.enum] || {}).enum || [];
+    const prop = schemaOf(catalog, select.name) || {};
+    select.replaceChildren(
+      el("option", { value: "", text: select.dataset.empty || "default" }),
+      ...values.map((v) => el("option", { value: v, text: v })),
+    );
+    select.value = prop.default === null || prop.default === undefined ? "" : prop.default;
+    const help = $(`#${select.id}-help`);
+    if (help) help.textContent = prop.description || "";
+  }
+  for (const input of form.querySelectorAll("input[type=number], input[type=checkbox]")) {
     const prop = schemaOf(catalog, input.name);
     if (!prop) continue;
+    const help = $(`#${input.id}-help`);
+    if (input.type === "checkbox") {
+      if (typeof prop.default === "boolean") input.checked = prop.default;
+      if (help) help.textContent = prop.description || "";
+      continue;
+    }
     if (prop.default !== undefined && prop.default !== null && input.value === "") input.value = prop.default;
     const range = rangeOf(prop);
     if (range.min !== undefined) input.min = range.min;
     if (range.max !== undefined) input.max = range.max;
-    const help = $(`#${input.id}-help`);
     if (help) help.textContent = [prop.description, range.text].filter(Boolean).join(" ");
   }
 }

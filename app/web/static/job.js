@@ -5,6 +5,7 @@
 import { api, blobURL, currentKey, ensureKey, localPath, problem } from "./api.js";
 import { $, el, setText, showProblem } from "./dom.js";
 import { fmtDuration, fmtFactor, fmtNum, fmtTime, isNum } from "./format.js";
+import { renderFront } from "./front.js";
 import { showReport } from "./report.js";
 
 const ACTIVE = new Set(["queued", "running"]);
@@ -17,6 +18,7 @@ const ARTIFACT_INFO = {
   "samples.png": "teacher and student samples",
   "log.txt": "the job's log",
 };
+const CANDIDATE = /^candidate-\d+\.onnx$/;
 
 function renderSummary(summary) {
   setText("summary-ssim", fmtNum(summary.ssim, 4));
@@ -62,7 +64,8 @@ function renderArtifacts(artifacts) {
         showProblem($("#job-error-load"), { title: `${name} could not be downloaded`, detail: e.message, code: "", status: 0 });
       }
     });
-    return el("li", {}, link, el("span", { class: "muted", text: ` ${ARTIFACT_INFO[name] || ""}` }));
+    const info = ARTIFACT_INFO[name] || (CANDIDATE.test(name) ? "a candidate of the search's front" : "");
+    return el("li", {}, link, el("span", { class: "muted", text: ` ${info}` }));
   }));
   $("#artifacts").hidden = names.length === 0;
 }
@@ -126,6 +129,12 @@ function renderJob(job, state) {
   }
 
   renderArtifacts(job.artifacts || {});
+  const target = (job.spec && job.spec.target) || null;
+  if (p.candidates && p.candidates.length && !state.front) renderFront(p.candidates, target, null, {});
+  if (done && !state.front && (job.artifacts || {})["report.json"] && (target || p.candidates)) {
+    state.front = true; // the report has the whole front, the pick and each candidate's file
+    loadReportFront(job, target).catch((e) => console.warn("front:", e.message));
+  }
   if (done && job.summary) {
     renderSummary(job.summary);
     $("#results").hidden = false;
@@ -141,6 +150,13 @@ function renderJob(job, state) {
       });
     }
   }
+}
+
+async function loadReportFront(job, target) {
+  const res = await api(localPath(job.artifacts["report.json"]));
+  if (!res.ok) throw new Error((await problem(res)).detail);
+  const report = await res.json();
+  if (report.search) renderFront(report.search.candidates, target, job.summary, job.artifacts || {});
 }
 
 /** The job page: poll the job (conditional GET) until it ends, render it, cancel it. */

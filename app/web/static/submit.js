@@ -33,13 +33,20 @@ function parseJSONField(textarea, what) {
 /** The CompressionSpec from the form: the fields, the input spec, then the advanced JSON on top. */
 function buildSpec(form) {
   const spec = {};
+  const checks = [];
   for (const field of form.elements) {
     if (!field.name || !field.name.includes(".") || field.disabled) continue;
+    if (field.type === "checkbox") { checks.push(field); continue; }
     const raw = field.value.trim();
     if (raw === "") continue;
     const [section, key] = field.name.split(".");
     const value = field.type === "number" ? Number(raw) : raw;
     (spec[section] = spec[section] || {})[key] = value;
+  }
+  for (const box of checks) { // a box marked data-with-section only counts when its section is set
+    const [section, key] = box.name.split(".");
+    if (box.dataset.withSection !== undefined && !spec[section]) continue;
+    (spec[section] = spec[section] || {})[key] = box.checked;
   }
   const inputs = parseJSONField($("#inputs"), "Input spec");
   if (inputs) spec.inputs = inputs;

@@ -162,13 +162,16 @@ def distill(
     should_stop: Callable[[], bool] | None = None,
     heldout_n: int = 16,
     eval_every: int | None = None,
+    eval_seconds: float | None = None,
     step_offset: int = 0,
 ) -> DistillResult:
     """Train ``student`` in place to match ``teacher``; on return it holds the best weights seen.
 
     ``masks`` (unstructured pruning) are re-applied after every optimizer step so pruned weights
     stay zero. Norm layers stay in eval mode (running statistics are the teacher's); their affine
-    parameters train.
+    parameters train. The held-out score is taken every ``eval_every`` steps and, with
+    ``eval_seconds``, also whenever that many more seconds have passed (a short run's learning
+    curve, for the target search's projections).
     """
     steps = spec.steps if steps is None else steps
     budget = spec.budget_seconds if budget_seconds is None else budget_seconds
@@ -215,6 +218,7 @@ def distill(
 
     eval_every = eval_every or max(1, min(50, steps // 10))
     start = time.perf_counter()
+    next_eval = eval_seconds or 0.0
     running = 0.0
     step = 0
     try:
@@ -247,8 +251,11 @@ def distill(
                 result.stopped_by = "non-finite loss"
                 break
             running = lv if step == 1 else 0.9 * running + 0.1 * lv
-            if step % eval_every == 0 or step == steps:
+            timed = eval_seconds is not None and time.perf_counter() - start >= next_eval
+            if step % eval_every == 0 or step == steps or timed:
                 best_state = evaluate(step, running, best_state)
+                if eval_seconds is not None:
+                    next_eval = time.perf_counter() - start + eval_seconds
             if progress is not None:
                 el = time.perf_counter() - start
                 eta = min((steps - step) * el / step, max(0.0, budget - el))

@@ -65,6 +65,17 @@ def test_budget_seconds_stops_first(tiny_onnx: dict[str, Path]) -> None:
     assert res.curve[-1]["step"] == res.steps
 
 
+def test_eval_seconds_times_the_learning_curve(tiny_onnx: dict[str, Path]) -> None:
+    """A search candidate's short run: with eval_seconds the curve has a point about every that
+    many seconds, far more than every 50 steps would give on a slow model."""
+    teacher, student, sampler = _pruned(tiny_onnx["dcgan"])
+    spec = DistillSpec(steps=100_000, budget_seconds=1.5)
+    res = distill(teacher, student, sampler, spec, data_range=2.0, eval_every=100_000, eval_seconds=0.25)
+    timed = [p["seconds"] for p in res.curve[1:]]
+    assert len(timed) >= 4
+    assert all(b - a >= 0.2 for a, b in zip(timed, timed[1:-1], strict=False))
+
+
 def test_masks_keep_pruned_weights_zero(tiny_onnx: dict[str, Path], calib: dict[str, np.ndarray]) -> None:
     im = import_model(tiny_onnx["resnet"], None)
     teacher, student = copy.deepcopy(im.module), im.module

@@ -60,6 +60,7 @@ QUANT_WEIGHT = 0.3  # what a quantized copy costs, in trained-candidate slots (e
 TRAIN_SHARE, RECOVER_SLOT = 0.5, 0.3  # of a trained candidate's slot: distillation, the refit's cap
 LATENCY_SLOT, LATENCY_MIN, LATENCY_MAX = 0.12, 1.0, 10.0  # a candidate's latency rounds (seconds)
 LATENCY_RUNS = 40
+CURVE_POINTS, CURVE_SAMPLES = 7, 8  # a candidate's timed learning curve: points, held-out samples
 NEAR_MISS = 0.06  # a miss by at most this relative shortfall may turn into a pass with more training
 MAX_REFINES = 3
 QUANT_MODES = (Quantize.INT8_STATIC, Quantize.FP16)
@@ -247,7 +248,7 @@ class Searcher:
         c.recovered, c.recovery_note = rec, note
         c.score_after_prune = rec.score_before if rec is not None else sub.score()
         sub.check()
-        c.notes += training.train(c.distiller, seconds=self.train_seconds)
+        c.notes += self._train(c)
         c.trained = True
         c.row.recovered = bool(rec is not None and rec.kept)
         self._remeasure(c)
@@ -260,10 +261,22 @@ class Searcher:
         then measure it again: spent where a near miss may turn into a pass."""
         assert c.distiller is not None and c.bench is not None
         t = time.perf_counter()
-        c.notes += training.train(c.distiller, seconds=self.train_seconds)
+        c.notes += self._train(c)
         self._remeasure(c)
         c.row.seconds += time.perf_counter() - t
         self.emit(f"candidate {c.row.id}: trained on, {_quality(c.row)}")
+
+    def _train(self, c: Candidate) -> list[str]:
+        """``train_seconds`` of distillation, its held-out curve timed (``CURVE_POINTS`` points on
+        ``CURVE_SAMPLES`` samples) so that its SSIM can be projected; the pick's later training
+        evaluates as any job."""
+        assert c.distiller is not None and self.train_seconds is not None
+        d = c.distiller
+        d.eval_seconds, d.heldout_n = self.train_seconds / CURVE_POINTS, CURVE_SAMPLES
+        try:
+            return training.train(d, seconds=self.train_seconds)
+        finally:
+            d.eval_seconds, d.heldout_n = None, training.Distiller.heldout_n
 
     def _remeasure(self, c: Candidate) -> None:
         assert c.distiller is not None and c.bench is not None

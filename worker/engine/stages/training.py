@@ -29,6 +29,9 @@ class Distiller:
     spec: DistillSpec
     masks: dict[str, torch.Tensor] | None = None  # unstructured pruning: zeros that must stay
     rounds: list[DistillResult] = field(default_factory=list)
+    # a search candidate's short runs: a timed learning curve on fewer held-out samples
+    eval_seconds: float | None = None
+    heldout_n: int = 16
 
     @property
     def steps(self) -> int:
@@ -48,6 +51,8 @@ class Distiller:
             progress=b.emit,
             should_stop=b.stop,
             step_offset=self.steps,
+            eval_seconds=self.eval_seconds,
+            heldout_n=self.heldout_n,
         )
         self.rounds.append(r)
         return r

@@ -328,7 +328,7 @@ class SearchCandidate(_Strict):
     ssim_projected: float | None = Field(
         None,
         description="SSIM projected for the training the pick gets (a power law fitted to this candidate's own "
-        "held-out learning curve, 80% of the projected gain counted); null: not projected.",
+        "held-out learning curve, the projected gain counted whole); null: not projected.",
     )
     meets_projected: bool | None = Field(
         None, description="Every target met with ssim_projected in place of ssim (null: not projected)."

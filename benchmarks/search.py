@@ -347,9 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     global RUNS
     RUNS = RUNS / args.tag if args.tag else RUNS
     only = set(filter(None, args.configs.split(",")))
-    old = (
-        json.loads((RUNS / "results.json").read_text()) if only and (RUNS / "results.json").is_file() else {}
-    )
+    # the tag's other models (and, with --configs, the other configs) stay as the last run left them
+    old = json.loads((RUNS / "results.json").read_text()) if (RUNS / "results.json").is_file() else {}
     runs = [Run(**r) for r in old.get("runs", [])]
     checks = [CandidateCheck(**c) for c in old.get("checks", [])]
     b = args.budget_seconds

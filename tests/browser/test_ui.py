@@ -70,6 +70,13 @@ def _submit(b: Browser) -> str:
     return m.group(1)
 
 
+def _newest_job(b: Browser) -> str | None:
+    r = b.page.request.get(f"{b.base}/v1/jobs?limit=1")
+    assert r.status == 200, r.text()
+    items = r.json()["items"]
+    return str(items[0]["id"]) if items else None
+
+
 def _api_job(b: Browser, job_id: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
     r = b.page.request.get(f"{b.base}/v1/jobs/{job_id}", headers=headers or {})
     assert r.status == 200, r.text()
@@ -261,11 +268,22 @@ def test_a_target_search_shows_its_front_and_each_candidate_downloads(
     preview = json.loads(page.inner_text("[data-testid=spec-preview]"))
     assert preview["target"] == {"min_ssim": 0.5, "quantize": False}
     assert preview["prune"]["mode"] == "sweep"
+    page.fill("[data-testid=target-min-ssim]", "")
+    preview = json.loads(page.inner_text("[data-testid=spec-preview]"))
+    assert "target" not in preview  # the box alone is no target
+    page.fill("[data-testid=target-min-ssim]", "0.5")
+    # uniform allocation: the sensitivity probing would take most of a 25 s budget on a busy CPU
+    # and leave the search time for one candidate only
+    page.fill("[data-testid=spec-extra]", '{"prune": {"allocation": "uniform"}}')
     ui.at_widths("submit-target")
 
     job_id = _submit(ui)
-    # the live front: at least one candidate point before the job ends
+    # the live front: candidate points while it runs (progress.candidates; the pick's distillation
+    # after the search takes 40% of the budget, so a 1 s poll cannot miss them all)
     page.wait_for_selector("[data-testid=front-point]", timeout=JOB_TIMEOUT_MS)
+    live = page.get_attribute("[data-testid=job-state]", "data-state")
+    verdict = page.inner_text("[data-testid=search-verdict]")
+    assert live == "running" and re.match(r"Search(ing| finished)", verdict), (live, verdict)
     assert _state(ui, "succeeded", "failed", "canceled") == "succeeded", page.inner_text("main")
     page.wait_for_selector("[data-testid=front-pick]")
     job = _api_job(ui, job_id)
@@ -297,10 +315,12 @@ def test_a_target_search_shows_its_front_and_each_candidate_downloads(
 
 
 def test_an_invalid_target_is_refused_before_any_job(ui: Browser, generator_onnx: Path) -> None:
-    """Out of range: the browser's validation (the catalogue's limits) stops it; a target with no
-    figure at all: the server's 422 detail is shown on the form, and no job starts."""
+    """Out of range: the browser's validation (the catalogue's limits) stops it, and sent anyway
+    (the advanced JSON) the server's 422 detail is shown on the form; likewise a target with no
+    figure at all. No job starts."""
     page = ui.page
     ui.guard.allow_status(422)
+    newest = _newest_job(ui)
     _fill_form(ui, generator_onnx, **TINY)
     page.fill("[data-testid=target-min-ssim]", "2")
     page.click("[data-testid=submit-button]")
@@ -310,14 +330,24 @@ def test_an_invalid_target_is_refused_before_any_job(ui: Browser, generator_onnx
     assert page.url == f"{ui.base}/"
     page.fill("[data-testid=target-min-ssim]", "")
     page.click("[data-testid=advanced] summary")
-    page.fill("[data-testid=spec-extra]", '{"target": {"quantize": false}}')
-    page.click("[data-testid=submit-button]")
     error = page.locator("[data-testid=form-error]")
-    page.wait_for_function(
-        "() => document.querySelector('[data-testid=form-error]').textContent.includes('422')"
-    )
-    assert "a target needs at least one of" in error.inner_text()
-    assert page.url == f"{ui.base}/"
+    for extra, detail in (
+        ('{"target": {"min_ssim": 2}}', "min_ssim"),
+        ('{"target": {"quantize": false}}', "a target needs at least one of"),
+    ):
+        page.fill("[data-testid=spec-extra]", extra)
+        page.click("[data-testid=submit-button]")
+        page.wait_for_function(
+            "d => { const box = document.querySelector('[data-testid=form-error]');"
+            " return !box.hidden && box.textContent.includes('422') && box.textContent.includes(d); }",
+            arg=detail,
+        )
+        assert error.get_attribute("role") == "alert"  # announced
+        code = page.inner_text("[data-testid=form-error] [data-testid=problem-code]")
+        assert re.fullmatch(r"[a-z_]+ · 422", code), code  # the problem's code and status
+        assert page.url == f"{ui.base}/"
+    ui.at_widths("submit-target-error")
+    assert _newest_job(ui) == newest  # nothing was submitted
     ui.guard.assert_clean()
 
 

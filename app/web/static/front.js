@@ -16,6 +16,9 @@ function svg(tag, attrs = {}, text = null) {
   return node;
 }
 
+/** Milliseconds to 3 significant digits (tiny generators run in hundredths of a millisecond). */
+const fmtMs = (v) => (isNum(v) ? (v >= 100 ? v.toFixed(0) : v.toPrecision(3)) : "n/a");
+
 function ticks(lo, hi, n = 4) {
   if (!(hi > lo)) return [lo];
   const raw = (hi - lo) / n;
@@ -64,10 +67,11 @@ function chart(cands, target) {
     root.append(svg("line", { x1: x, x2: x, y1: MT, y2: H - MB, class: "target", "data-testid": "front-target" }));
   }
   for (const c of pts) {
-    const g = svg("g", { class: `point${c.meets ? " meets" : ""}${c.picked ? " picked" : ""}`,
+    const kind = c.meets ? " meets" : c.meets_projected ? " projected" : "";
+    const g = svg("g", { class: `point${kind}${c.picked ? " picked" : ""}`,
       "data-testid": "front-point", "data-id": c.id });
     const x = sx(c.latency_ms), y = sy(c[metric]);
-    g.append(svg("title", {}, `${c.id}: level ${c.level}, ${c.quantize}, ${fmtNum(c.latency_ms, 2)} ms, ` +
+    g.append(svg("title", {}, `${c.id}: level ${c.level}, ${c.quantize}, ${fmtMs(c.latency_ms)} ms, ` +
       `${metric.toUpperCase()} ${fmtNum(c[metric], 4)}${c.picked ? " (the pick)" : ""}`));
     g.append(c.quantize && c.quantize !== "none"
       ? svg("rect", { x: x - 4, y: y - 4, width: 8, height: 8 })
@@ -93,16 +97,25 @@ function row(c, artifacts) {
     el("td", { text: `${c.id}${c.picked ? " (pick)" : ""}` }),
     el("td", { class: "num", text: String(c.level) }),
     el("td", { text: c.quantize || "none" }),
-    el("td", { class: "num", text: fmtNum(c.latency_ms, 2) }),
+    el("td", { class: "num", text: fmtMs(c.latency_ms) }),
     el("td", { class: "num", text: fmtNum(c.ssim, 4) }),
     el("td", { class: "num", text: fmtNum(c.psnr, 2) }),
     el("td", { text: verdict }),
     el("td", {}, file));
 }
 
+/** What the verdict line says before the report is in: the job's ``state`` and ``stage``. */
+function interim(n, state, stage) {
+  const count = `${n} candidate${n === 1 ? "" : "s"}`;
+  if (state === "failed" || state === "canceled") return `The job ended before a pick was shipped; ${count} measured.`;
+  if (stage && stage !== "search") return `Search finished with ${count}; the pick is being distilled on.`;
+  return `Searching: ${count} measured so far.`;
+}
+
 /** Show the search panel: ``cands`` (progress.candidates or report.search.candidates), the
- * spec's ``target``, the job's ``summary`` (null while it runs) and its ``artifacts``. */
-export function renderFront(cands, target, summary, artifacts) {
+ * spec's ``target``, the job's ``summary`` (null while it runs), its ``artifacts``, and while
+ * there is no summary the job's ``state`` and ``stage`` for the verdict line. */
+export function renderFront(cands, target, summary, artifacts, { state = null, stage = null } = {}) {
   const panel = $("#search");
   panel.hidden = false;
   const sorted = [...cands].sort((a, b) => (a.latency_ms ?? Infinity) - (b.latency_ms ?? Infinity));
@@ -111,12 +124,14 @@ export function renderFront(cands, target, summary, artifacts) {
   const verdict = $("#search-verdict");
   const met = summary ? summary.target_met : null;
   if (met === true || met === false) {
-    verdict.textContent = met ? "Target met by the shipped model."
-      : `Target missed: ${(summary.target_misses || []).join("; ")}. The closest candidate was shipped.`;
+    const pick = cands.find((c) => c.picked);
+    const from = pick ? ` (candidate ${pick.id}, distilled on)` : "";
+    verdict.textContent = met ? `Target met by the shipped model${from}.`
+      : `Target missed: ${(summary.target_misses || []).join("; ")}. The closest candidate was shipped${from}.`;
     verdict.className = met ? "verdict pass" : "verdict fail";
     verdict.dataset.met = String(met);
   } else {
-    verdict.textContent = summary ? "" : `Searching: ${cands.length} candidate${cands.length === 1 ? "" : "s"} measured so far.`;
+    verdict.textContent = summary ? "" : interim(cands.length, state, stage);
     verdict.className = "verdict";
     delete verdict.dataset.met;
   }

@@ -130,7 +130,9 @@ function renderJob(job, state) {
 
   renderArtifacts(job.artifacts || {});
   const target = (job.spec && job.spec.target) || null;
-  if (p.candidates && p.candidates.length && !state.front) renderFront(p.candidates, target, null, {});
+  if (p.candidates && p.candidates.length && !state.front && !done) { // the live front (the report's once done)
+    renderFront(p.candidates, target, null, {}, { state: job.state, stage: job.stage });
+  }
   if (done && !state.front && (job.artifacts || {})["report.json"] && (target || p.candidates)) {
     state.front = true; // the report has the whole front, the pick and each candidate's file
     loadReportFront(job, target).catch((e) => console.warn("front:", e.message));

@@ -6,12 +6,13 @@
 - :func:`make_grid` lays teacher / student (/ input, / difference) samples out as one RGB image.
 - :func:`write_report` validates report.json against :func:`report_json_schema` and writes the
   three artifacts. The HTML opens offline: inline CSS, images as ``data:`` URIs, charts as inline
-  SVG drawn here (:func:`svg_line_chart`, :func:`svg_bar_chart`, :func:`svg_latency_boxes`).
+  SVG drawn here (:func:`svg_line_chart`, :func:`svg_bar_chart`, :func:`svg_latency_boxes`,
+  :func:`svg_front` for a target search).
 
 Torch is not needed here (quality results are read by attribute).
 """
 
-from worker.engine.report.charts import svg_bar_chart, svg_latency_boxes, svg_line_chart
+from worker.engine.report.charts import svg_bar_chart, svg_front, svg_latency_boxes, svg_line_chart
 from worker.engine.report.html import render_html, validate_report_json, write_report
 from worker.engine.report.images import GRID_LABEL_W, GRID_PAD, Grid, ReportImages, make_grid, png_bytes
 from worker.engine.report.sections import (
@@ -41,6 +42,7 @@ __all__ = [
     "size_section",
     "summarize",
     "svg_bar_chart",
+    "svg_front",
     "svg_latency_boxes",
     "svg_line_chart",
     "tool_versions",

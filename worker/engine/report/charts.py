@@ -1,5 +1,5 @@
 """Inline SVG charts drawn here (no plotting library): held-out quality over training, channels per
-layer, latency boxes."""
+layer, latency boxes, and the target search's latency-quality front."""
 
 from __future__ import annotations
 
@@ -206,24 +206,36 @@ def svg_front(
     min_ssim: float | None = None,
     max_latency_ms: float | None = None,
     width: int = 640,
-    height: int = 300,
+    height: int = 320,
     testid: str = "chart-front",
+    min_psnr: float | None = None,
 ) -> str:
-    """The target search's latency-quality front: one point per candidate measured for quality
-    (x: p50 at 1 thread, ms; y: SSIM, or PSNR where there is none), the Pareto points joined, the
-    pick ringed, quantized copies as squares, and the target lines dashed."""
+    """The target search's latency-quality front, every candidate a point: x is its p50 at 1 thread
+    (ms), y its mean SSIM vs the teacher on the held-out inputs (PSNR where no candidate has SSIM).
+    Pareto points are teal and joined, the pick is ringed, quantized copies are squares, the target
+    lines are dashed. Candidates without a quality figure (structural ones, only pruned and timed)
+    are hollow marks on a strip under the x axis, at their latency.
+
+    Each point is a ``<g class="point">`` with ``data-id``, ``data-picked``, ``data-pareto`` and
+    ``data-quantize``; measured ones have ``data-testid="front-point"``, the others
+    ``"front-point-unmeasured"``."""
     metric = "ssim" if any(c.ssim is not None for c in cands) else "psnr"
     pts = [(c, c.latency_ms, getattr(c, metric)) for c in cands if getattr(c, metric) is not None]
+    unmeasured = [c for c in cands if getattr(c, metric) is None]
     if not pts:
         return f'<p class="muted" data-testid="{_esc(testid)}">No candidate was measured for quality.</p>'
-    ml, mr, mt, mb = 64, 20, 16, 42
-    xs = [x for _, x, _ in pts] + ([max_latency_ms] if max_latency_ms else [])
-    ys = [y for _, _, y in pts] + ([min_ssim] if min_ssim is not None and metric == "ssim" else [])
-    x0, x1 = 0.0, max(xs) * 1.08
+    y_target = min_ssim if metric == "ssim" else min_psnr
+    strip = 26 if unmeasured else 0
+    height += strip
+    ml, mr, mt, mb = 64, 20, 34, 42 + strip
+    xs = [c.latency_ms for c in cands] + ([max_latency_ms] if max_latency_ms else [])
+    ys = [y for _, _, y in pts] + ([y_target] if y_target is not None else [])
+    x0, x1 = 0.0, (max(xs) * 1.08) or 1.0
     y0, y1 = min(ys), max(ys)
     pad = 0.08 * ((y1 - y0) or abs(y1) or 1.0)
     y0, y1 = y0 - pad, y1 + pad
     pw, ph = width - ml - mr, height - mt - mb
+    bottom = mt + ph
 
     def sx(x: float) -> float:
         return ml + (x - x0) / ((x1 - x0) or 1.0) * pw
@@ -234,7 +246,8 @@ def svg_front(
     label = "SSIM vs the teacher (held-out)" if metric == "ssim" else "PSNR vs the teacher (dB, held-out)"
     parts = [
         f'<svg class="chart" data-testid="{_esc(testid)}" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{_esc(label)} by latency of every candidate">'
+        f'aria-label="{_esc(label)} by latency of every candidate" data-metric="{metric}" '
+        f'data-candidates="{len(cands)}">'
     ]
     for ty in _nice_ticks(y0, y1):
         parts.append(
@@ -243,42 +256,55 @@ def svg_front(
         )
     for tx in _nice_ticks(x0, x1):
         parts.append(
-            f'<text x="{sx(tx):.1f}" y="{height - mb + 16}" text-anchor="middle" class="tick">{_fmt_tick(tx)}</text>'
+            f'<text x="{sx(tx):.1f}" y="{bottom + 16}" text-anchor="middle" class="tick">{_fmt_tick(tx)}</text>'
         )
     parts.append(
-        f'<line x1="{ml}" x2="{ml}" y1="{mt}" y2="{height - mb}" class="axis"/>'
-        f'<line x1="{ml}" x2="{width - mr}" y1="{height - mb}" y2="{height - mb}" class="axis"/>'
+        f'<line x1="{ml}" x2="{ml}" y1="{mt}" y2="{bottom}" class="axis"/>'
+        f'<line x1="{ml}" x2="{width - mr}" y1="{bottom}" y2="{bottom}" class="axis"/>'
         f'<text x="{ml + pw / 2:.0f}" y="{height - 6}" text-anchor="middle" class="label">'
-        "latency, p50 at 1 thread (ms, ONNX Runtime CPU)</text>"
+        "latency: p50 at 1 thread (ms, ONNX Runtime CPU, interleaved with the teacher)</text>"
         f'<text x="14" y="{mt + ph / 2:.0f}" text-anchor="middle" class="label" '
         f'transform="rotate(-90 14 {mt + ph / 2:.0f})">{_esc(label)}</text>'
     )
-    if min_ssim is not None and metric == "ssim":
+    if y_target is not None:
+        name = f"SSIM {y_target:g}" if metric == "ssim" else f"PSNR {y_target:g} dB"
         parts.append(
-            f'<line data-testid="target-ssim" x1="{ml}" x2="{width - mr}" y1="{sy(min_ssim):.1f}" '
-            f'y2="{sy(min_ssim):.1f}" stroke="{ORANGE}" stroke-dasharray="5 4"/>'
-            f'<text x="{width - mr - 4}" y="{sy(min_ssim) - 4:.1f}" text-anchor="end" class="legend">'
-            f"target SSIM {min_ssim:g}</text>"
+            f'<line data-testid="target-{metric}" x1="{ml}" x2="{width - mr}" y1="{sy(y_target):.1f}" '
+            f'y2="{sy(y_target):.1f}" stroke="{ORANGE}" stroke-dasharray="5 4"/>'
+            f'<text x="{width - mr - 4}" y="{sy(y_target) - 4:.1f}" text-anchor="end" class="legend">'
+            f"target: {metric.upper()} at least {y_target:g}{' dB' if metric == 'psnr' else ''}"
+            f"<title>{_esc(name)}</title></text>"
         )
     if max_latency_ms:
         parts.append(
             f'<line data-testid="target-latency" x1="{sx(max_latency_ms):.1f}" x2="{sx(max_latency_ms):.1f}" '
-            f'y1="{mt}" y2="{height - mb}" stroke="{ORANGE}" stroke-dasharray="5 4"/>'
-            f'<text x="{sx(max_latency_ms) + 4:.1f}" y="{mt + 12}" class="legend">target {max_latency_ms:g} ms</text>'
+            f'y1="{mt}" y2="{bottom}" stroke="{ORANGE}" stroke-dasharray="5 4"/>'
+            f'<text x="{sx(max_latency_ms) + 4:.1f}" y="{mt + 12}" class="legend">'
+            f"target: at most {max_latency_ms:g} ms</text>"
         )
     front = sorted((x, y) for c, x, y in pts if c.pareto)
     if len(front) > 1:
         line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in front)
-        parts.append(f'<polyline points="{line}" fill="none" stroke="{TEAL}" stroke-width="1.5"/>')
+        parts.append(
+            f'<polyline data-testid="front-line" points="{line}" fill="none" stroke="{TEAL}" stroke-width="1.5"/>'
+        )
+
+    def attrs(c: SearchCandidate, tid: str) -> str:
+        return (
+            f'class="point" data-testid="{tid}" data-id="{_esc(c.id)}" data-picked="{str(c.picked).lower()}" '
+            f'data-pareto="{str(c.pareto).lower()}" data-quantize="{_esc(c.quantize)}"'
+        )
+
     for c, x, y in pts:
         colour = TEAL if c.pareto else GREY
         tip = (
-            f"{c.id}: level {c.level:g}, {c.quantize}, {x:.3g} ms, {metric.upper()} {y:.4g}"
-            f"{', picked' if c.picked else ''}"
+            f"{c.id}: level {c.level:g}, {c.quantize}, {x:.3g} ms at 1 thread, {metric.upper()} {y:.4g}"
+            f"{', on the front' if c.pareto else ''}{', picked' if c.picked else ''}"
         )
+        quantized = c.quantize != "none"
         shape = (
             f'<rect x="{sx(x) - 4:.1f}" y="{sy(y) - 4:.1f}" width="8" height="8" fill="{colour}"/>'
-            if c.quantize != "none"
+            if quantized
             else f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{colour}"/>'
         )
         ring = (
@@ -287,12 +313,42 @@ def svg_front(
             if c.picked
             else ""
         )
+        ly = sy(y) - 8 if quantized else sy(y) + 14  # a copy and its source often share a latency
         parts.append(
-            f'<g class="point" data-testid="front-point" data-id="{_esc(c.id)}"><title>{_esc(tip)}</title>'
-            f'{shape}{ring}<text x="{sx(x) + 7:.1f}" y="{sy(y) + 12:.1f}" class="tick">{_esc(c.id)}</text></g>'
+            f"<g {attrs(c, 'front-point')}><title>{_esc(tip)}</title>{shape}{ring}"
+            f'<text x="{sx(x) + 7:.1f}" y="{ly:.1f}" class="tick">{_esc(c.id)}</text></g>'
         )
-    parts.append(
-        f'<text x="{ml + 8}" y="{mt + 12}" class="legend">circles: float candidates, squares: INT8/FP16 copies; '
-        "teal: on the front; ringed: the pick</text></svg>"
-    )
+    if unmeasured:
+        yc = bottom + 30
+        parts.append(
+            f'<text x="{ml - 6}" y="{yc + 4}" text-anchor="end" class="tick">no {metric.upper()}</text>'
+        )
+        for c in unmeasured:
+            tip = f"{c.id}: level {c.level:g}, {c.quantize}, {c.latency_ms:.3g} ms at 1 thread, not trained"
+            parts.append(
+                f"<g {attrs(c, 'front-point-unmeasured')}><title>{_esc(tip)}</title>"
+                f'<circle cx="{sx(c.latency_ms):.1f}" cy="{yc}" r="4" fill="none" stroke="{GREY}" '
+                'stroke-width="1.5"/></g>'
+            )
+    # the legend, in the top margin (symbols drawn as paths: the data marks are the only rects)
+    legend: list[tuple[str, str]] = [
+        (f'<circle cx="0" cy="-4" r="4" fill="{TEAL}"/>', "float candidate"),
+        (f'<path d="M-4 -8h8v8h-8z" fill="{TEAL}"/>', "INT8 / FP16 copy"),
+        (f'<circle cx="0" cy="-4" r="4" fill="{GREY}"/>', "beaten on both axes"),
+        (f'<circle cx="0" cy="-4" r="7" fill="none" stroke="{ORANGE}" stroke-width="2"/>', "the pick"),
+    ]
+    if y_target is not None or max_latency_ms:
+        legend.append((f'<path d="M-6 -4h14" stroke="{ORANGE}" stroke-dasharray="5 4"/>', "target"))
+    if unmeasured:
+        legend.append(
+            (f'<circle cx="0" cy="-4" r="4" fill="none" stroke="{GREY}" stroke-width="1.5"/>', "not trained")
+        )
+    lx = ml + 6
+    parts.append('<g class="legend-box">')
+    for mark, text in legend:
+        parts.append(
+            f'<g transform="translate({lx},18)">{mark}<text x="12" y="0" class="legend">{_esc(text)}</text></g>'
+        )
+        lx += 24 + int(6.6 * len(text))
+    parts.append("</g></svg>")
     return "".join(parts)

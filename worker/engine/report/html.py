@@ -7,20 +7,10 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 import jsonschema
-
-from worker.report_schema import (
-    Absent,
-    LatencySection,
-    Report,
-    report_json_schema,
-)
-
-if TYPE_CHECKING:
-    pass
 
 from worker.engine.report.charts import (
     ORANGE,
@@ -31,6 +21,14 @@ from worker.engine.report.charts import (
     svg_line_chart,
 )
 from worker.engine.report.images import Grid, ReportImages, _data_uri, _placeholder_png, make_grid, png_bytes
+from worker.report_schema import (
+    Absent,
+    LatencySection,
+    Report,
+    SearchCandidate,
+    SizeSection,
+    report_json_schema,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +72,66 @@ def _count(v: float | None) -> str:
     return f"{n:,.0f}"
 
 
+# target (TargetSpec field) -> (what it bounds, comparison, unit, figure of a candidate / the summary)
+TARGETS: dict[str, tuple[str, str, str, str]] = {
+    "min_ssim": ("SSIM vs the original", ">=", "", "ssim"),
+    "min_psnr": ("PSNR vs the original", ">=", " dB", "psnr"),
+    "max_latency_ms": ("p50 latency at 1 thread", "<=", " ms", "latency_ms"),
+    "max_size_mb": ("model.onnx size", "<=", " MB", "size_mb"),
+    "min_speedup": ("speedup at 1 thread", ">=", "×", "speedup"),
+}
+
+
+def shipped_values(report: Report) -> dict[str, float | None]:
+    """The shipped model's figures the targets bound, from this report's own sections (as the
+    summary's ``target_misses`` are judged)."""
+    s = report.summary
+    one = None
+    if isinstance(report.latency, LatencySection):
+        one = next((t.student.p50_ms for t in report.latency.per_threads if t.threads == 1), None)
+    size_mb = None
+    if isinstance(report.size, SizeSection) and report.size.student.bytes.value is not None:
+        size_mb = report.size.student.bytes.value / 1e6
+    return {"ssim": s.ssim, "psnr": s.psnr, "speedup": s.speedup, "latency_ms": one, "size_mb": size_mb}
+
+
+def _candidate_value(c: SearchCandidate, figure: str) -> float | None:
+    return c.size_bytes / 1e6 if figure == "size_mb" else getattr(c, figure, None)
+
+
+def target_rows(report: Report) -> list[dict[str, Any]]:
+    """One row per target of the search: what was asked, the pick's figure in the search, the
+    shipped model's, whether the shipped model meets it and by how much it misses."""
+    if report.search is None:
+        return []
+    pick = next((c for c in report.search.candidates if c.picked), None)
+    shipped = shipped_values(report)
+    rows = []
+    for name, want in report.search.targets.items():
+        what, op, unit, figure = TARGETS.get(name, (name, "", "", name))
+        got = shipped.get(figure)
+        met: bool | None = None
+        gap: str | None = None
+        if op and got is not None:
+            met = got >= want if op == ">=" else got <= want
+            if not met:
+                diff = abs(got - want)
+                rel = f" ({diff / abs(want):.1%})" if want else ""
+                gap = f"{'short' if op == '>=' else 'over'} by {diff:.2g}{unit}{rel}"
+        rows.append(
+            {
+                "name": name,
+                "asked": f"{what} {'≥' if op == '>=' else '≤' if op == '<=' else '='} {want:g}{unit}",
+                "unit": unit,
+                "pick": _candidate_value(pick, figure) if pick is not None else None,
+                "shipped": got,
+                "met": met,
+                "gap": gap,
+            }
+        )
+    return rows
+
+
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
@@ -112,7 +170,9 @@ def render_html(report: Report, images: ReportImages | None) -> tuple[str, Grid 
     }
     if report.search is not None:
         t = report.search.targets
-        charts["front"] = svg_front(report.search.candidates, t.get("min_ssim"), t.get("max_latency_ms"))
+        charts["front"] = svg_front(
+            report.search.candidates, t.get("min_ssim"), t.get("max_latency_ms"), min_psnr=t.get("min_psnr")
+        )
     if not isinstance(distill, Absent) and distill.curve:
         xs = [p.step for p in distill.curve]
         charts["loss"] = svg_line_chart(
@@ -142,6 +202,7 @@ def render_html(report: Report, images: ReportImages | None) -> tuple[str, Grid 
             grid_reason=grid_reason,
             worst=worst,
             worst_uri=_data_uri(worst.image) if worst is not None and worst.image is not None else None,
+            targets=target_rows(report),
             spec_json=json.dumps(report.spec, indent=2, sort_keys=True, default=str),
         )
     )

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.big import model_files
+from benchmarks.big import _f, model_files
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs" / "search"
@@ -223,10 +223,6 @@ def measure(name: str, runs: list[Run], rounds: int, seconds: float) -> list[Can
             "teacher_macs": teacher_macs,
         }
     return checks
-
-
-def _f(v: float | None, fmt: str = ".3f") -> str:
-    return "–" if v is None else format(v, fmt)
 
 
 def _rel(a: float | None, b: float | None) -> float | None:

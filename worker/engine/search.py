@@ -12,6 +12,7 @@ fairly. Then one finer level between the best level that met and the first that 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 from worker.report_schema import SearchCandidate
@@ -110,8 +111,6 @@ def project_ssim(
     log-log; the cosine schedule's flat end makes ``k`` low, so the projection errs short), ``k``
     capped at ``MAX_EXPONENT``, and ``GAIN_COUNTED`` of the projected gain counted. None when the
     curve is too short or does not fall."""
-    import math
-
     pts = [(t, 1.0 - q) for t, q in curve if t > 0 and q < 1.0]
     pts = pts[len(pts) // 3 :]
     if len(pts) < MIN_CURVE_POINTS or final_seconds <= train_seconds or ssim >= 1.0:

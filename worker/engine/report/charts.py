@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,6 +41,41 @@ def _fmt_tick(v: float) -> str:
 
 def _esc(s: object) -> str:
     return html.escape(str(s), quote=True)
+
+
+def _frame(
+    sx: Callable[[float], float],
+    sy: Callable[[float], float],
+    x_range: tuple[float, float],
+    y_range: tuple[float, float],
+    box: tuple[int, int, int, float],
+    width: int,
+    height: int,
+    x_label: str,
+    y_label: str,
+) -> str:
+    """A chart's frame: horizontal grid lines with y ticks, x ticks, both axes and their labels.
+    ``box``: left and right margins, top, and the y of the x axis."""
+    ml, mr, mt, bottom = box
+    pw, ph = width - ml - mr, bottom - mt
+    parts = [
+        f'<line x1="{ml}" x2="{width - mr}" y1="{sy(ty):.1f}" y2="{sy(ty):.1f}" class="grid"/>'
+        f'<text x="{ml - 6}" y="{sy(ty) + 4:.1f}" text-anchor="end" class="tick">{_fmt_tick(ty)}</text>'
+        for ty in _nice_ticks(*y_range)
+    ]
+    parts += [
+        f'<text x="{sx(tx):.1f}" y="{bottom + 16}" text-anchor="middle" class="tick">{_fmt_tick(tx)}</text>'
+        for tx in _nice_ticks(*x_range)
+    ]
+    parts.append(
+        f'<line x1="{ml}" x2="{ml}" y1="{mt}" y2="{bottom}" class="axis"/>'
+        f'<line x1="{ml}" x2="{width - mr}" y1="{bottom}" y2="{bottom}" class="axis"/>'
+        f'<text x="{ml + pw / 2:.0f}" y="{height - 6}" text-anchor="middle" class="label">'
+        f"{_esc(x_label)}</text>"
+        f'<text x="14" y="{mt + ph / 2:.0f}" text-anchor="middle" class="label" '
+        f'transform="rotate(-90 14 {mt + ph / 2:.0f})">{_esc(y_label)}</text>'
+    )
+    return "".join(parts)
 
 
 def svg_line_chart(
@@ -81,23 +116,8 @@ def svg_line_chart(
         f'<svg class="chart" data-testid="{_esc(testid)}" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="{_esc(y_label)} by {_esc(x_label)}">'
     ]
-    for ty in _nice_ticks(y0, y1):
-        parts.append(
-            f'<line x1="{ml}" x2="{width - mr}" y1="{sy(ty):.1f}" y2="{sy(ty):.1f}" class="grid"/>'
-            f'<text x="{ml - 6}" y="{sy(ty) + 4:.1f}" text-anchor="end" class="tick">{_fmt_tick(ty)}</text>'
-        )
-    for tx in _nice_ticks(x0, x1):
-        parts.append(
-            f'<text x="{sx(tx):.1f}" y="{height - mb + 16}" text-anchor="middle" class="tick">'
-            f"{_fmt_tick(tx)}</text>"
-        )
     parts.append(
-        f'<line x1="{ml}" x2="{ml}" y1="{mt}" y2="{height - mb}" class="axis"/>'
-        f'<line x1="{ml}" x2="{width - mr}" y1="{height - mb}" y2="{height - mb}" class="axis"/>'
-        f'<text x="{ml + pw / 2:.0f}" y="{height - 6}" text-anchor="middle" class="label">'
-        f"{_esc(x_label)}</text>"
-        f'<text x="14" y="{mt + ph / 2:.0f}" text-anchor="middle" class="label" '
-        f'transform="rotate(-90 14 {mt + ph / 2:.0f})">{_esc(y_label)}</text>'
+        _frame(sx, sy, (x0, x1), (y0, y1), (ml, mr, mt, height - mb), width, height, x_label, y_label)
     )
     for li, (label, xs, ys, colour) in enumerate(series):
         p = [
@@ -249,23 +269,8 @@ def svg_front(
         f'aria-label="{_esc(label)} by latency of every candidate" data-metric="{metric}" '
         f'data-candidates="{len(cands)}">'
     ]
-    for ty in _nice_ticks(y0, y1):
-        parts.append(
-            f'<line x1="{ml}" x2="{width - mr}" y1="{sy(ty):.1f}" y2="{sy(ty):.1f}" class="grid"/>'
-            f'<text x="{ml - 6}" y="{sy(ty) + 4:.1f}" text-anchor="end" class="tick">{_fmt_tick(ty)}</text>'
-        )
-    for tx in _nice_ticks(x0, x1):
-        parts.append(
-            f'<text x="{sx(tx):.1f}" y="{bottom + 16}" text-anchor="middle" class="tick">{_fmt_tick(tx)}</text>'
-        )
-    parts.append(
-        f'<line x1="{ml}" x2="{ml}" y1="{mt}" y2="{bottom}" class="axis"/>'
-        f'<line x1="{ml}" x2="{width - mr}" y1="{bottom}" y2="{bottom}" class="axis"/>'
-        f'<text x="{ml + pw / 2:.0f}" y="{height - 6}" text-anchor="middle" class="label">'
-        "latency: p50 at 1 thread (ms, ONNX Runtime CPU, interleaved with the teacher)</text>"
-        f'<text x="14" y="{mt + ph / 2:.0f}" text-anchor="middle" class="label" '
-        f'transform="rotate(-90 14 {mt + ph / 2:.0f})">{_esc(label)}</text>'
-    )
+    x_label = "latency: p50 at 1 thread (ms, ONNX Runtime CPU, interleaved with the teacher)"
+    parts.append(_frame(sx, sy, (x0, x1), (y0, y1), (ml, mr, mt, bottom), width, height, x_label, label))
     if y_target is not None:
         name = f"SSIM {y_target:g}" if metric == "ssim" else f"PSNR {y_target:g} dB"
         parts.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import tempfile
@@ -188,10 +189,32 @@ def _int8_dynamic(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]]) ->
     return _with_files(lambda s, d: quantize_dynamic(str(s), str(d), weight_type=QuantType.QInt8), model)
 
 
+# What static INT8 quantizes: the weighted layers only (QDQ around InstanceNormalization and the
+# activations costs quality and buys no speed), and not the first and last of them (an image's
+# 3 channels at full resolution: the layers whose rounding the output shows most). Activation
+# ranges: the 99.999th percentile of the calibration histogram, not the min/max, which a few
+# outliers stretch. Measured on the 0.75 students of two real-size generators (held-out SSIM vs
+# the teacher, float -> min/max INT8 -> this): CycleGAN 128 0.939 -> 0.781 -> 0.867, pretrained
+# animevideov3 x4 0.903 -> 0.901 -> 0.903; 1-thread latency of this INT8 vs float 0.77-0.89x.
+INT8_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def _int8_excluded(model: onnx.ModelProto) -> list[str]:
+    weighted = [n.name for n in model.graph.node if n.op_type in INT8_OPS and n.name]
+    return [weighted[0], weighted[-1]] if len(weighted) > 2 else []
+
+
 @QUANTIZERS.register(Quantize.INT8_STATIC)
 def _int8_static(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]]) -> onnx.ModelProto:
-    """QDQ int8 with activation ranges calibrated on the distillation inputs."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    """QDQ int8 of the weighted layers but the first and last, activation ranges calibrated on the
+    distillation inputs (percentile; see ``INT8_OPS``)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -202,18 +225,23 @@ def _int8_static(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]]) -> 
 
     if not calib:
         raise ExportError("int8-static needs calibration batches")
-    return _with_files(
-        lambda s, d: quantize_static(
-            str(s),
-            str(d),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-        ),
-        model,
-    )
+
+    def quantize(src: Path, dst: Path) -> None:
+        with contextlib.redirect_stdout(io.StringIO()):  # the percentile calibrator prints its progress
+            quantize_static(
+                str(src),
+                str(dst),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=list(INT8_OPS),
+                nodes_to_exclude=_int8_excluded(model),
+                calibrate_method=CalibrationMethod.Percentile,
+            )
+
+    return _with_files(quantize, model)
 
 
 @QUANTIZERS.register(Quantize.FP16)

@@ -69,3 +69,25 @@ def test_pruned_export_is_smaller(tiny_onnx: dict[str, Path]) -> None:
     res = export_student(im.module, ex, im.output_names, 17, Quantize.NONE, [], ex)
     size = lambda m: sum(np.prod(i.dims) for i in m.graph.initializer)  # noqa: E731
     assert size(res.model) < 0.5 * size(original)
+
+
+def test_int8_static_keeps_the_first_and_last_weighted_layers_and_the_norms_in_float(
+    tiny_onnx: dict[str, Path],
+) -> None:
+    im, ex = _pruned(tiny_onnx["resnet"])
+    calib = [{k: v.numpy() for k, v in example_batch(im.inputs, 2, s).items()} for s in range(4)]
+    res = export_student(im.module, ex, im.output_names, 17, Quantize.INT8_STATIC, calib, ex)
+    graph = res.float_model.graph
+    weighted = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
+    assert len(weighted) > 2
+    produced = {o: n for n in res.model.graph.node for o in n.output}
+
+    def quantized_input(name: str) -> bool:  # a weighted node whose weight comes out of a DequantizeLinear
+        node = next(n for n in res.model.graph.node if n.name == name)
+        src = produced.get(node.input[1])
+        return src is not None and src.op_type == "DequantizeLinear"
+
+    assert not quantized_input(weighted[0].name) and not quantized_input(weighted[-1].name)
+    assert all(quantized_input(n.name) for n in weighted[1:-1])
+    norms = [n for n in res.model.graph.node if n.op_type == "InstanceNormalization"]
+    assert all(produced[n.input[1]].op_type != "DequantizeLinear" for n in norms if n.input[1] in produced)

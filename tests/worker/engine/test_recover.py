@@ -190,3 +190,33 @@ def test_validation_rows_are_whole_samples() -> None:
     assert R.validation_rows(pos).tolist() == [True, False, True, False, True]
     with pytest.raises(ValueError, match="validation rows"):
         R.refit_layer(nn.Linear(2, 2), torch.randn(5, 2), torch.randn(5, 2), ridge=None)
+
+
+def test_rows_fall_with_width_past_the_full_gram_width_and_never_below_the_floor() -> None:
+    narrow = nn.Conv2d(32, 8, 3)  # D = 288
+    at = nn.Conv2d(R.GRAM_FULL_D // 9, 8, 3)  # D just under the full-rows width
+    wide = nn.Conv2d(512, 8, 3)  # D = 4608
+    assert R.rows_for(narrow) == R.MAX_ROWS
+    assert R.rows_for(at) == R.MAX_ROWS
+    assert R.rows_for(wide) == R.MIN_ROWS
+    mid = nn.Conv2d(2 * R.GRAM_FULL_D // 9, 8, 3)  # about twice as wide: a quarter of the rows, floored
+    assert R.rows_for(mid) == max(R.MIN_ROWS, int(R.MAX_ROWS * (R.GRAM_FULL_D / (mid.in_channels * 9)) ** 2))
+    assert R.rows_for(narrow, 100) == 100  # a caller's smaller number is kept
+
+
+def test_recover_gives_a_narrow_layer_more_rows_than_a_wide_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    wide = 2 * R.GRAM_FULL_D // 9 + 1  # the second conv's D = 9 x this > 2 x GRAM_FULL_D
+    net = nn.Sequential(nn.Conv2d(3, wide, 3, padding=1), nn.ReLU(), nn.Conv2d(wide, 4, 3, padding=1))
+    teacher = copy.deepcopy(net)
+    batch = {"x": torch.randn(4, 3, 64, 64)}  # 16384 output positions per layer
+    seen: dict[str, int] = {}
+    original = R.refit_layer
+
+    def spy(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, *a: object) -> tuple[float, float]:
+        seen[next(n for n, m in net.named_modules() if m is layer)] = x.shape[0]
+        return original(layer, x, y, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(R, "refit_layer", spy)
+    R.recover(teacher, net, {}, batch)
+    assert seen == {"0": 4 * 64 * 64, "2": R.MIN_ROWS}

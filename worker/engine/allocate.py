@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -28,13 +28,14 @@ from torch import nn
 from worker.engine import prune as P
 from worker.engine.budget import PRUNE_SHARE
 from worker.engine.prunable import prunable_layers
-from worker.spec import MAX_CHANNEL_RATIO, PruneSpec
+from worker.spec import MAX_CHANNEL_RATIO, Criterion, PruneSpec
 
 log = logging.getLogger(__name__)
 
 BATCH = 16  # inputs the output distortion is measured on (at 64 x 64 or less; fewer when larger)
 BATCH_PIXELS = 16 * 64 * 64
 LEVELS = tuple(r for r in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75) if r <= MAX_CHANNEL_RATIO)
+MAGNITUDE = (Criterion.L1, Criterion.L2)  # criteria that rank a group's channels by their own weights
 
 
 class AllocationTimeout(Exception):
@@ -203,14 +204,47 @@ def measure_units(
         if on_unit is not None:
             on_unit(i, len(units))
         _check_deadline(deadline, t0, i, len(units), "sensitivity trials")
-        for level in LEVELS:
-            try:
-                trial = pruned_copy(model, example, spec, plan, *split_ratios([u], {u.name: level}))
-            except Exception as e:  # a level the group cannot take (too few channels): stop here
-                log.info("allocate.level_refused unit=%s level=%.3f error=%s", u.name, level, e)
-                break
+        for level, trial in _unit_trials(model, example, spec, plan, u):
             u.distortion[level] = _distortion(trial, batch, ref)
             u.saved[level] = base - cost(trial)
+
+
+def _levels_are_steps() -> bool:
+    """Whether ``LEVELS`` are the linear steps Torch-Pruning's iterative scheduler takes."""
+    return all(abs(lv - LEVELS[-1] * (i + 1) / len(LEVELS)) < 1e-9 for i, lv in enumerate(LEVELS))
+
+
+def _unit_trials(
+    model: nn.Module, example: dict[str, torch.Tensor], spec: PruneSpec, plan: P.PrunePlan, u: Unit
+) -> Iterator[tuple[float, nn.Module]]:
+    """``unit`` pruned alone at each level in turn: (level, the pruned copy), until a level the
+    unit cannot take (too few channels).
+
+    A Torch-Pruning group is pruned in one copy, one iterative step per level: building the
+    pruner's dependency graph is most of a trial's cost, and this builds it once per unit instead
+    of once per level (6x fewer; on stylegan_lite the trials went from about 19 s to 3). With a
+    magnitude criterion the result equals pruning a fresh copy to each level: the kept channels'
+    weights do not change between steps (tested). Trials count channels unrounded."""
+    if u.block_site or not _levels_are_steps() or spec.criterion not in MAGNITUDE:
+        for level in LEVELS:
+            try:
+                yield level, pruned_copy(model, example, spec, plan, *split_ratios([u], {u.name: level}))
+            except Exception as e:  # a level the unit cannot take: stop here
+                log.info("allocate.level_refused unit=%s level=%.3f error=%s", u.name, level, e)
+                return
+        return
+    trial = copy.deepcopy(model)
+    flat = spec.model_copy(update={"round_to": 1})
+    pruner = P.make_pruner(
+        trial, example, flat, plan, 0.0, len(LEVELS), layer_ratios={n: LEVELS[-1] for n in u.layers}
+    )
+    for level in LEVELS:
+        try:
+            P.prune_step(trial, example, pruner, plan, {})
+        except Exception as e:
+            log.info("allocate.level_refused unit=%s level=%.3f error=%s", u.name, level, e)
+            return
+        yield level, trial
 
 
 def _greedy_step(units: list[Unit], levels: dict[str, float]) -> bool:

@@ -258,3 +258,27 @@ def test_trials_shrink_their_batch_to_fit_or_give_up_before_starting() -> None:
     assert A.plan_trials(10, 0.01, 0.01, 16, 10 * levels * 4 * 0.01 + copies * 0.01 + 1e-9) == 4
     with pytest.raises(A.AllocationTimeout, match="would take about"):
         A.plan_trials(10, 0.5, 0.01, 16, 10.0)
+
+
+@pytest.mark.parametrize("family", ["dcgan", "resnet", "sr", "style"])
+def test_one_copy_stepped_through_the_levels_equals_a_fresh_copy_per_level(
+    family: str, tiny_onnx: dict[str, Path]
+) -> None:
+    """The trials prune each group in one copy, a step per level: at every level that copy must
+    be the fresh copy pruned straight to that level (same channels, same output)."""
+    model, ex, batch = _load(tiny_onnx[family])
+    spec = PruneSpec(ratio=0.5, round_to=1)
+    plan = plan_channel_pruning(model, ex, spec)
+    units = [u for u in A.find_units(model, ex, spec, plan) if not u.block_site]
+    assert units and A._levels_are_steps()
+    compared = 0
+    for u in units:
+        for level, stepped in A._unit_trials(model, ex, spec, plan, u):
+            fresh = A.pruned_copy(model, ex, spec, plan, *A.split_ratios([u], {u.name: level}))
+            for (n, a), (_, b) in zip(stepped.state_dict().items(), fresh.state_dict().items(), strict=True):
+                assert a.shape == b.shape, (u.name, level, n)
+                torch.testing.assert_close(a, b, msg=f"{u.name} at {level}: {n}")
+            with torch.no_grad():
+                torch.testing.assert_close(stepped(*batch.values()), fresh(*batch.values()))
+            compared += 1
+    assert compared >= len(units) * 2

@@ -73,11 +73,66 @@ def least_squares(
             f"refit that generalises (at least {MIN_RECOVERY_IMAGES} images or {MIN_RECOVERY_LATENTS} latents); "
             "distillation got the time instead. A longer budget_seconds lets it run"
         )
+    if spec.samples is None:
+        need = refit_seconds(bench, pruned, n, patch)
+        if need > deadline - time.perf_counter():
+            return None, (
+                f"skipped: refitting every layer would take about {need:.0f} s, more than the "
+                f"{max(0.0, deadline - t0):.0f} s of the budget left for it, and a refit cut short helps "
+                "nothing (the last layers carry the repair; fewer rows per layer let a deep network's refit "
+                "blow up); distillation got the time instead. A longer budget_seconds lets it run"
+            )
     with bench.sampler.crops(patch):
         batch = bench.sampler.train_batch(n)
     outcome = refit_or_undo(bench, pruned.kept_channels, batch, deadline)
     outcome.crop = patch
     return outcome, None
+
+
+def refit_seconds(bench: Workbench, pruned: PruneOutcome, samples: int, patch: int | None) -> float:
+    """What refitting every layer of the student on ``samples`` inputs (crops of side ``patch``)
+    costs, estimated: the two forward passes and the gathering (3 forwards per input, at this
+    machine's measured pace) plus each layer's Gram matrix (rows x D^2 multiply-adds at the pace
+    the teacher's forward runs at). Measured against the 23 GMAC RRDB's refit (67 of 96 layers in
+    34 s of its 36 s share, so about 49 s for all 96), this says 56 s."""
+    per_sample = bench.budget.per_sample_seconds()
+    side = image_side(bench)
+    scale = (patch / side) ** 2 if patch and side else 1.0
+    forwards = 3 * samples * per_sample * scale
+    if per_sample <= 0 or pruned.macs_before <= 0:
+        return forwards
+    rate = pruned.macs_before / per_sample  # multiply-adds per second, here
+    positions = _positions_per_sample(bench)
+    work = 0.0
+    for name, layer in recover.refittable_layers(bench.student).items():
+        rows = min(recover.rows_for(layer), int(samples * scale * positions.get(name, 0)) or recover.MAX_ROWS)
+        work += rows * float(recover.conv_form_weight(layer).shape[1]) ** 2
+    return forwards + work / rate
+
+
+def _positions_per_sample(bench: Workbench) -> dict[str, float]:
+    """Output positions per input of each refittable layer at the full input size."""
+    layers = recover.refittable_layers(bench.student)
+    one = {k: v[:1] for k, v in bench.example.items()}
+    got: dict[str, float] = {}
+
+    def hook(name: str) -> Callable[..., None]:
+        def fn(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+            got[name] = (
+                float(out.shape[-2] * out.shape[-1])
+                if out.dim() == 4
+                else float(out.numel() // out.shape[-1])
+            )
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    try:
+        forward(bench.student, one)
+    finally:
+        for h in handles:
+            h.remove()
+    return got
 
 
 def _has_images(bench: Workbench) -> bool:

@@ -150,3 +150,65 @@ def test_refits_that_blow_up_deep_layers_are_cut_back_to_the_prefix_that_helps(
     out = RS.refit_or_undo(bench, {}, heldout, deadline=float("inf"))
     assert not out.kept and out.layers_kept == 0
     assert all(torch.equal(v, damaged[k]) for k, v in student.state_dict().items())
+
+
+def test_the_refit_cost_counts_each_layers_gram_at_this_machines_pace(
+    tiny_onnx: dict[str, Path], calib_file: Path
+) -> None:
+    """rows x D^2 multiply-adds per layer at the teacher's measured MACs per second, plus three
+    forwards per input; rows are what the layer's outputs hold, at most ``rows_for``."""
+    import numpy as np
+
+    from worker.engine import prune, recover
+    from worker.engine.budget import Budget
+    from worker.engine.importers import import_model
+    from worker.engine.result import PruneOutcome
+    from worker.engine.sampling import InputSampler
+    from worker.engine.stages.recovery import refit_seconds
+    from worker.spec import PruneMethod
+
+    imported = import_model(tiny_onnx["resnet"], None)
+    budget = Budget(120.0, heldout_forward_seconds=1.0, heldout_size=10)  # 0.1 s per input
+    cal = np.load(calib_file)[:, :, :16, :16]
+    b = bench_for(imported, InputSampler(imported.inputs, {"image": cal}), budget)
+    macs = prune.count_macs(b.student, {k: v[:1] for k, v in b.example.items()})
+    pruned = PruneOutcome(PruneMethod.CHANNEL, 0.5, 0.5, macs, macs)
+    work = 0.0
+    for layer in recover.refittable_layers(b.student).values():
+        out_hw = 16 * 16 // (int(layer.stride[0]) ** 2) if hasattr(layer, "stride") else 16 * 16
+        d = recover.conv_form_weight(layer).shape[1]
+        work += min(recover.rows_for(layer), 32 * out_hw) * d**2
+    expected = 3 * 32 * 0.1 + work / (macs / 0.1)
+    got = refit_seconds(b, pruned, 32, None)
+    assert got > 3 * 32 * 0.1
+    assert abs(got - expected) <= 0.35 * expected  # strided / transposed layers' sizes are approximated here
+    assert refit_seconds(b, pruned, 32, 8) < got  # crops: fewer pixels, fewer rows
+
+
+def test_recovery_is_skipped_when_the_whole_refit_would_not_fit_its_share(
+    tiny_onnx: dict[str, Path], calib_file: Path
+) -> None:
+    import numpy as np
+
+    from worker.engine import prune
+    from worker.engine.budget import Budget
+    from worker.engine.importers import import_model
+    from worker.engine.result import PruneOutcome
+    from worker.engine.sampling import InputSampler
+    from worker.engine.stages.recovery import least_squares, refit_seconds
+    from worker.spec import PruneMethod, RecoverSpec
+
+    imported = import_model(tiny_onnx["resnet"], None)
+    budget = Budget(120.0, heldout_forward_seconds=1.0, heldout_size=10)
+    cal = np.load(calib_file)[:, :, :16, :16]
+    b = bench_for(imported, InputSampler(imported.inputs, {"image": cal}), budget)
+    macs = prune.count_macs(b.student, {k: v[:1] for k, v in b.example.items()})
+    # a machine whose MAC rate is 10^4 times slower than the forwards say: the Gram matrices dominate
+    pruned = PruneOutcome(PruneMethod.CHANNEL, 0.5, 0.5, macs // 10_000, macs // 10_000)
+    need = refit_seconds(b, pruned, 32, None)
+    assert need > 3 * 32 * 0.1 * 2
+    import time
+
+    outcome, note = least_squares(b, RecoverSpec(), pruned, deadline=time.perf_counter() + need / 2)
+    assert outcome is None and note is not None
+    assert note.startswith("skipped: refitting every layer would take about") and "cut short" in note

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # 34 s were lost to distillation). Below it, recovery runs on crops, or is skipped.
 MIN_RECOVERY_IMAGES, MIN_RECOVERY_LATENTS = 16, 64
 RECOVERY_IMAGES, RECOVERY_LATENTS = 32, 256
+FORWARDS_PER_INPUT = 3  # a refit's teacher and student passes and the gathering, in forwards per input
 MIN_PREFIX_TRIES = 1  # held-out evaluations (past the share if need be) when looking for refits to keep
 
 # (outcome, or None with a note saying why it did not run)
@@ -98,7 +99,7 @@ def refit_seconds(bench: Workbench, pruned: PruneOutcome, samples: int, patch: i
     per_sample = bench.budget.per_sample_seconds()
     side = image_side(bench)
     scale = (patch / side) ** 2 if patch and side else 1.0
-    forwards = 3 * samples * per_sample * scale
+    forwards = FORWARDS_PER_INPUT * samples * per_sample * scale
     if per_sample <= 0 or pruned.macs_before <= 0:
         return forwards
     rate = pruned.macs_before / per_sample  # multiply-adds per second, here
@@ -149,7 +150,7 @@ def recovery_samples(bench: Workbench, spec: RecoverSpec, seconds: float) -> int
     n = RECOVERY_IMAGES if images else RECOVERY_LATENTS
     per_sample = bench.budget.per_sample_seconds()
     if per_sample > 0:  # two forward passes and the gathering: about 3 forwards per input
-        n = min(n, int(seconds / (3 * per_sample)))
+        n = min(n, int(seconds / (FORWARDS_PER_INPUT * per_sample)))
     return n if n >= (MIN_RECOVERY_IMAGES if images else MIN_RECOVERY_LATENTS) else 0
 
 
@@ -163,7 +164,7 @@ def recovery_patch(bench: Workbench, seconds: float) -> tuple[int, int | None]:
     side = image_side(bench)
     if per_sample <= 0 or side is None or seconds <= 0:
         return 0, None
-    fit = seconds / (3 * per_sample)  # full-size images that fit
+    fit = seconds / (FORWARDS_PER_INPUT * per_sample)  # full-size images that fit
     patch = int(side * math.sqrt(fit / RECOVERY_IMAGES)) // 8 * 8
     n = RECOVERY_IMAGES
     if patch < MIN_PATCH:

@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 
 from worker.core.storage import sha256_file
-from worker.engine import allocate, latency_model
+from worker.engine import latency_model
 from worker.engine.result import PipelineResult
 from worker.report_schema import (
     Absent,
@@ -88,7 +88,7 @@ def pruning_section(r: PipelineResult) -> PruningSection:
                 f"latency allocation: budget {a.target_cost:.2f} ms estimated at 1 thread (what uniform pruning at "
                 f"ratio {p.ratio_asked} leaves), reached {a.cost:.2f} ms estimated, {a.macs:,} MACs. Each of "
                 f"{len(a.units)} layer groups was pruned alone in a copy at ratios "
-                f"{', '.join(f'{x:g}' for x in allocate.LEVELS)} and its output distortion (MSE vs the original on "
+                f"{', '.join(f'{x:g}' for x in a.levels)} and its output distortion (MSE vs the original on "
                 f"{a.batch} inputs, no training) measured; groups were then pruned greedily, least distortion per "
                 f"estimated millisecond saved first ({a.seconds:.1f} s). {latency_model.PROFILE_HOW}"
             )
@@ -100,7 +100,7 @@ def pruning_section(r: PipelineResult) -> PruningSection:
             )
             notes.append(
                 f"sensitivity allocation: budget {budget}, reached {a.macs:,}. Each of {len(a.units)} layer "
-                f"groups was pruned alone in a copy at ratios {', '.join(f'{x:g}' for x in allocate.LEVELS)} and "
+                f"groups was pruned alone in a copy at ratios {', '.join(f'{x:g}' for x in a.levels)} and "
                 f"its output distortion (MSE vs the original on {a.batch} inputs, no training) measured; "
                 f"groups were then pruned greedily, least distortion per MAC saved first ({a.seconds:.1f} s)"
             )

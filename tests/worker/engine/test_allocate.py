@@ -17,6 +17,7 @@ from worker.engine.prune import (
     count_macs,
     macs_at_ratio,
     make_pruner,
+    out_channels,
     plan_channel_pruning,
     prune_step,
 )
@@ -249,12 +250,79 @@ def test_probe_matches_a_fresh_graph_per_layer(tiny_onnx: dict[str, Path]) -> No
         assert (name in fast) == (breaks or layer.weight.shape[0] < 2), name
 
 
-def test_trials_shrink_their_batch_to_fit_or_give_up_before_starting() -> None:
-    levels = len(A.LEVELS)
-    assert A.plan_trials(10, 0.1, 0.01, 16, None) == 16
-    copies = 10 * levels + 20
-    # 16 inputs need 10 * levels * 16 * 0.01 s of forwards plus the copies
-    assert A.plan_trials(10, 0.01, 0.01, 16, 10 * levels * 16 * 0.01 + copies * 0.01) == 16
-    assert A.plan_trials(10, 0.01, 0.01, 16, 10 * levels * 4 * 0.01 + copies * 0.01 + 1e-9) == 4
+def test_trials_shrink_their_batch_then_their_levels_to_fit_or_give_up_before_starting() -> None:
+    full, coarse = len(A.LEVELS), len(A.COARSE_LEVELS)
+    assert coarse < full
+    assert A.plan_trials(10, 0.1, 0.01, 16, None) == (16, A.LEVELS)
+
+    def cost(levels: int, b: int) -> float:  # forwards of b inputs per trial, plus a copy per trial
+        return 10 * levels * b * 0.01 + (10 * levels + 20) * 0.01
+
+    assert A.plan_trials(10, 0.01, 0.01, 16, cost(full, 16)) == (16, A.LEVELS)
+    assert A.plan_trials(10, 0.01, 0.01, 16, cost(full, 4) + 1e-9) == (4, A.LEVELS)
+    # not even 4 inputs at every level: every other level, on as many inputs as then fit
+    assert A.plan_trials(10, 0.01, 0.01, 16, cost(full, 4) - 1e-3) == (8, A.COARSE_LEVELS)
+    assert A.plan_trials(10, 0.01, 0.01, 16, cost(coarse, 2) + 1e-9) == (2, A.COARSE_LEVELS)
     with pytest.raises(A.AllocationTimeout, match="would take about"):
-        A.plan_trials(10, 0.5, 0.01, 16, 10.0)
+        A.plan_trials(10, 0.01, 0.01, 16, cost(coarse, 2) - 1e-3)
+
+
+@pytest.mark.parametrize("round_to", [1, 8])
+@pytest.mark.parametrize("family", ["dcgan", "resnet", "sr", "style"])
+def test_one_copy_stepped_through_the_levels_equals_a_fresh_copy_per_level(
+    family: str, round_to: int, tiny_onnx: dict[str, Path]
+) -> None:
+    """The trials prune each group in one copy, a step per level: at every level that copy must
+    be the fresh copy pruned straight to that level (same channels, same output), rounded to
+    ``round_to`` as the fresh copy is. Unrounded trials once made an allocation miss its MAC
+    budget by 36%."""
+    model, ex, batch = _load(tiny_onnx[family])
+    spec = PruneSpec(ratio=0.5, round_to=round_to)
+    plan = plan_channel_pruning(model, ex, spec)
+    units = [u for u in A.find_units(model, ex, spec, plan) if not u.block_site]
+    assert units
+    compared, rounded = 0, False
+    for u in units:
+        width = out_channels(model.get_submodule(u.name))
+        for level, stepped in A._unit_trials(model, ex, spec, plan, u):
+            kept = out_channels(stepped.get_submodule(u.name))
+            rounded |= width is not None and kept != int(width * (1 - level))
+            fresh = A.pruned_copy(model, ex, spec, plan, *A.split_ratios([u], {u.name: level}))
+            for (n, a), (_, b) in zip(stepped.state_dict().items(), fresh.state_dict().items(), strict=True):
+                assert a.shape == b.shape, (u.name, level, n)
+                torch.testing.assert_close(a, b, msg=f"{u.name} at {level}: {n}")
+            with torch.no_grad():
+                torch.testing.assert_close(stepped(*batch.values()), fresh(*batch.values()))
+            compared += 1
+    assert compared >= len(units) * 2
+    assert rounded == (round_to > 1)  # rounding was exercised exactly when asked for
+
+
+def test_coarse_levels_are_a_subset_and_an_allocation_from_them_meets_the_budget(
+    tiny_onnx: dict[str, Path],
+) -> None:
+    assert set(A.COARSE_LEVELS) < set(A.LEVELS)
+    model, ex, batch = _load(tiny_onnx["resnet"])
+    spec = PruneSpec(ratio=0.5, round_to=1)
+    plan = plan_channel_pruning(model, ex, spec)
+    units = A.find_units(model, ex, spec, plan)
+    A.measure_units(model, ex, batch, spec, plan, units, levels=A.COARSE_LEVELS)
+    assert all(set(u.distortion) <= set(A.COARSE_LEVELS) for u in units)
+    prof = A.Profile(
+        model,
+        ex,
+        spec,
+        plan,
+        units,
+        A.macs_cost(ex),
+        "MACs",
+        count_macs(model, _one(ex)),
+        16,
+        0.0,
+        A.COARSE_LEVELS,
+    )
+    budget = macs_at_ratio(model, ex, spec, plan, 0.5)
+    alloc = prof.allocation(budget)
+    assert alloc.levels == A.COARSE_LEVELS
+    assert alloc.macs <= budget * 1.01
+    assert set(alloc.ratios.values()) <= {0.0, *A.COARSE_LEVELS}

@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlparse
 
 import httpx
 import pytest
@@ -173,6 +173,15 @@ def test_submit_a_generator_and_watch_it_succeed(ui: Browser, generator_onnx: Pa
     assert frame.locator("[data-testid=headline-psnr]").inner_text().startswith(f"{summary['psnr']:.2f}")
     ui.at_widths("job-succeeded")
     ui.frame_shots("job-succeeded-report", "[data-testid=report-frame]")
+    # its contents links jump within the frame (a plain "#quality" in srcdoc loads this page there)
+    inner = page.query_selector("[data-testid=report-frame]").content_frame()
+    frame.locator("a[href$='#quality']").first.click()
+    for _ in range(50):
+        if inner.url != "about:srcdoc":
+            break
+        page.wait_for_timeout(100)
+    assert inner.url == "about:srcdoc#quality"
+    assert frame.locator("[data-testid=headline-ssim]").count() == 1
     ui.guard.assert_clean()
 
     # the report on its own
@@ -309,8 +318,53 @@ def test_a_target_search_shows_its_front_and_each_candidate_downloads(
     with page.expect_download() as dl:
         page.click(f"[data-testid=front-file-{cands[0]['id']}]")
     assert dl.value.suggested_filename == cands[0]["artifact"]
+    # the embedded report links each candidate's file to its artifact URL, in a new tab
+    frame = page.frame_locator("[data-testid=report-frame]")
+    for c in cands:
+        link = frame.locator(f"a[href$='/{c['artifact']}']")
+        assert link.get_attribute("target") == "_blank"
+        assert (
+            urlparse(str(link.get_attribute("href"))).path == urlparse(job["artifacts"][c["artifact"]]).path
+        )
+        assert page.request.get(str(link.get_attribute("href"))).status == 200
     ui.assert_labelled()
     ui.at_widths("job-search")
+    ui.guard.assert_clean()
+
+
+def test_report_links_are_rewritten_for_the_frame(ui: Browser) -> None:
+    """``frameable`` in Chromium: section links stay in the frame, a file beside the report becomes
+    its artifact URL in a new tab, or, when the UI holds an API key, a note (a tab cannot send it)."""
+    ui.go("/jobs")
+    src = ui.page.get_attribute("script[type=module]", "src")
+    html = (
+        '<html><body><a href="#gates">Gates</a> <a href="candidate_c1.onnx" download>candidate_c1.onnx</a>'
+        ' <a href="https://example.org/x">x</a></body></html>'
+    )
+    out = ui.page.evaluate(
+        """async ([src, html]) => {
+            const { frameable } = await import(new URL(src.replace("app.js", "report.js"), location.href).href);
+            const read = (h) => {
+                const d = new DOMParser().parseFromString(h, "text/html");
+                return [...d.body.querySelectorAll("a, span")].map(e =>
+                    [e.tagName, e.getAttribute("href"), e.getAttribute("target"), e.hasAttribute("download"),
+                     e.textContent]);
+            };
+            const url = location.origin + "/v1/jobs/job_x/artifacts/report.html";
+            return [read(frameable(html, url, false)), read(frameable(html, url, true))];
+        }""",
+        [src, html],
+    )
+    plain, keyed = out
+    assert plain == [
+        ["A", "about:srcdoc#gates", None, False, "Gates"],
+        ["A", f"{ui.base}/v1/jobs/job_x/artifacts/candidate_c1.onnx", "_blank", False, "candidate_c1.onnx"],
+        ["A", "https://example.org/x", None, False, "x"],
+    ]
+    assert keyed[0] == plain[0] and keyed[2] == plain[2]
+    assert keyed[1][0] == "SPAN" and keyed[1][4].startswith(
+        "candidate_c1.onnx (download it from this job's page"
+    )
     ui.guard.assert_clean()
 
 

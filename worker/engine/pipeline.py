@@ -67,6 +67,18 @@ def compress(
     return write_all(result, out_dir, emit)
 
 
+def _picked(
+    searched: search.SearchOutcome, emit: ProgressFn
+) -> tuple[setup.Workbench, training.Distiller, PruneOutcome, RecoveryOutcome | None, str | None, float]:
+    """The search's pick as the pipeline goes on with it: its workbench (reporting to ``emit``),
+    distiller, pruning and recovery, and its held-out score after pruning."""
+    pick = searched.pick
+    assert pick.bench is not None and pick.distiller is not None and pick.pruned is not None
+    pick.bench.emit = emit
+    after_prune = pick.score_after_prune if pick.score_after_prune is not None else pick.bench.score()
+    return pick.bench, pick.distiller, pick.pruned, pick.recovered, pick.recovery_note, after_prune
+
+
 FINISH_STAGES = (Stage.EXPORT, Stage.MEASURE, Stage.QUALITY, Stage.REPORT)
 
 
@@ -148,12 +160,7 @@ def run_pipeline(
     else:  # candidates at several levels; the pick (its own workbench) is distilled on below
         with timed("search"):
             searched = search.run(bench, spec, out_dir)
-        pick = searched.pick
-        assert pick.bench is not None and pick.distiller is not None and pick.pruned is not None
-        bench, distiller, pruned = pick.bench, pick.distiller, pick.pruned
-        bench.emit = emit
-        recovered, recovery_note = pick.recovered, pick.recovery_note
-        score_after_prune = pick.score_after_prune if pick.score_after_prune is not None else bench.score()
+        bench, distiller, pruned, recovered, recovery_note, score_after_prune = _picked(searched, emit)
         distill_notes = list(searched.notes)
         between_rounds = 0.0
         export_spec = spec.export.model_copy(update={"quantize": searched.quantize})
@@ -164,6 +171,15 @@ def run_pipeline(
         score_after_distill = bench.score()
     seconds["distill"] += between_rounds
     bench.check()
+    if searched is not None:
+        with timed("search"):  # a pick shipped on its projection that missed: a candidate that met
+            fell = searched.fallback(spec.target)
+            if fell is not None:
+                searched = fell
+                bench, distiller, pruned, recovered, recovery_note, score_after_prune = _picked(fell, emit)
+                score_after_distill = bench.score()
+                distill_notes.append(fell.notes[-1])
+                export_spec = spec.export.model_copy(update={"quantize": fell.quantize})
 
     with timed("export"):
         exported, teacher_onnx, student_onnx = exporting.run(bench, export_spec, out_dir)

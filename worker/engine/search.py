@@ -70,11 +70,13 @@ def _misses(
     return misses
 
 
-def final_misses(values: dict[str, float | None], target: TargetSpec) -> list[str]:
+def final_misses(
+    values: dict[str, float | None], target: TargetSpec, quality_only: bool = False
+) -> list[str]:
     """Targets the shipped model misses, from the report's own measurements (``values``: ssim, psnr,
     latency_ms, size_mb, speedup); a target whose metric was not measured counts as missed."""
     out: list[str] = []
-    for fields in (_COST_FIELDS, _QUALITY_FIELDS):
+    for fields in (_QUALITY_FIELDS,) if quality_only else (_COST_FIELDS, _QUALITY_FIELDS):
         for name, (metric, _, _) in fields.items():
             if getattr(target, name) is None:
                 continue
@@ -260,3 +262,31 @@ def between(levels: Iterable[float], met: float | None, missed: float | None) ->
     mid = round((met + missed) / 2, 4)
     tried = set(levels)
     return None if mid in tried or mid - met < 0.03 else mid
+
+
+def fallback(
+    cands: Sequence[SearchCandidate],
+    pick: SearchCandidate,
+    values: dict[str, float | None],
+    target: TargetSpec | None,
+) -> tuple[SearchCandidate, str] | None:
+    """When ``pick`` was shipped on its projection and, distilled for the rest of the budget,
+    measures ``values`` (held-out ssim / psnr) that miss a quality target: the fastest candidate
+    that met every target as measured in the search, and why it replaces the pick; else None (the
+    pick met as measured, still meets, or no candidate met)."""
+    if target is None or not target.quality_targets() or pick.meets:
+        return None
+    misses = final_misses(values, target, quality_only=True)
+    if not misses:
+        return None
+    met = [c for c in cands if c.meets and c is not pick]
+    if not met:
+        return None
+    best = min(met, key=lambda c: (c.latency_ms, -(quality_of(c) or 0.0)))
+    projected = "" if pick.ssim_projected is None else f" (SSIM {pick.ssim_projected:.4f})"
+    return best, (
+        f"{pick.id} was projected to meet the targets{projected} but, distilled for the rest of the budget, "
+        f"missed them on the held-out inputs ({'; '.join(misses)}); shipped instead: {best.id}, "
+        f"the fastest candidate that met every target as measured in the search: {best.latency_ms:.3g} ms at "
+        f"1 thread ({best.speedup:.2f}x), {_quality_text(best)}"
+    )

@@ -128,6 +128,33 @@ def test_a_candidate_projected_to_meet_is_picked_when_faster_but_not_called_met(
     assert rows[1].meets_projected is None
 
 
+def test_a_projected_pick_that_misses_after_its_training_falls_back_to_the_fastest_measured_pass() -> None:
+    t = TargetSpec(min_ssim=0.95)
+    rows = judged(
+        [
+            cand("c1", 0.25, 8.0, 0.97, psnr=33.0),
+            cand("c2", 0.375, 6.0, 0.955, psnr=31.0),
+            cand("c3", 0.625, 4.0, 0.94, psnr=29.0, ssim_projected=0.956),
+        ],
+        t,
+    )
+    pick = rows[2]
+    fell = S.fallback(rows, pick, {"ssim": 0.941, "psnr": 30.0}, t)
+    assert fell is not None
+    best, why = fell
+    assert best.id == "c2"  # the faster of the two that met, not the best quality
+    assert "c3 was projected" in why and "ssim 0.941 < 0.95" in why and "6 ms" in why
+    # no fallback: the pick reached the target, was a measured pass, no rival met, or no target
+    assert S.fallback(rows, pick, {"ssim": 0.951, "psnr": 30.0}, t) is None
+    assert S.fallback(rows, rows[1], {"ssim": 0.9, "psnr": 30.0}, t) is None
+    assert S.fallback([pick], pick, {"ssim": 0.9, "psnr": 30.0}, t) is None
+    assert S.fallback(rows, pick, {"ssim": 0.9, "psnr": 30.0}, None) is None
+    # a quality value the pick was not measured on counts as a miss
+    tp = TargetSpec(min_psnr=30.0)
+    fell = S.fallback(judged(rows, tp), pick, {"ssim": 0.9, "psnr": None}, tp)
+    assert fell is not None and fell[0].id == "c2" and "psnr not measured" in fell[1]
+
+
 def test_the_front_holds_only_candidates_nothing_beats_on_both_axes() -> None:
     rows = [
         cand("c1", 0.25, 8.0, 0.97),
@@ -319,3 +346,56 @@ def test_a_cost_target_is_met_by_the_best_quality_level(tiny_onnx: dict[str, Pat
     last = [e for e in events if e.stage == Stage.SEARCH and e.candidates][-1]
     assert [p.id for p in last.candidates or []] == [c.id for c in s.candidates]
     assert all(e.elapsed_seconds is not None for e in events)
+
+
+def test_a_projected_pick_that_missed_ships_a_candidate_that_met_as_it_was_measured(
+    tiny_onnx: dict[str, Path], tmp_path: Path, calib_file: Path
+) -> None:
+    """The stage's fallback on a real sweep, its rows turned into a search whose pick (the most
+    pruned) was shipped on its projection: with a target between its quality and the next level's,
+    the distilled pick misses, and the outcome ships the fastest candidate that met, whose own
+    student still scores what its exported ONNX scored in the search."""
+    from worker.engine import quality
+    from worker.engine.budget import Budget
+    from worker.engine.stages import search as stage
+    from worker.engine.stages import setup
+
+    spec = CompressionSpec.model_validate(
+        {"prune": {"mode": "sweep", "allocation": "uniform"}, "distill": {"budget_seconds": 30}}
+    )
+    bench = setup.load_workbench(
+        tiny_onnx["resnet"], spec, {"": calib_file}, Budget(30), lambda p: None, lambda: False
+    )
+    outcome = stage.run(bench, spec, tmp_path)
+    rows = sorted((r for r in outcome.section.candidates if r.ssim is not None), key=lambda r: r.level)
+    assert len(rows) >= 3 and rows[0].ssim > rows[-1].ssim
+    pick = rows[-1]
+    pick_bench = next(c for c in outcome.candidates if c.row is pick).bench
+    assert pick_bench is not None
+    got = quality.evaluate(
+        setup.forward(pick_bench.student, pick_bench.heldout),
+        pick_bench.teacher_heldout,
+        pick_bench.data_range,
+    ).mean("ssim")
+    met_ssim = max(r.ssim for r in rows[:-1] if r.ssim is not None)
+    assert got < met_ssim
+    target = TargetSpec(min_ssim=(got + met_ssim) / 2)
+    for r in outcome.section.candidates:
+        S.judge(r, target)
+        r.picked = r is pick
+    pick.meets_projected, pick.ssim_projected = True, target.min_ssim + 0.01
+    outcome.section.pick = pick.id
+    assert outcome.fallback(TargetSpec(min_ssim=got - 0.01)) is None  # the distilled pick meets that one
+
+    fell = outcome.fallback(target)
+    assert fell is not None and fell.section.met
+    (shipped,) = [r for r in fell.section.candidates if r.picked]
+    assert shipped.id == fell.section.pick != pick.id and shipped.meets
+    assert not any(r.meets and r.latency_ms < shipped.latency_ms for r in fell.section.candidates)
+    assert f"{pick.id} was projected" in fell.section.why and fell.notes[-1] == fell.section.why
+    assert fell.pick.row.id == (shipped.from_candidate or shipped.id) and fell.pick.bench is not None
+    b = fell.pick.bench
+    again = quality.evaluate(setup.forward(b.student, b.heldout), b.teacher_heldout, b.data_range).mean(
+        "ssim"
+    )
+    assert again == pytest.approx(shipped.ssim, abs=0.01) and again >= target.min_ssim - 0.01

@@ -38,7 +38,7 @@ from worker.engine.budget import PRUNE_SHARE
 from worker.engine.export import QUANTIZERS, ExportResult, ort_run
 from worker.engine.result import PruneOutcome, RecoveryOutcome
 from worker.engine.stages import exporting, pruning, recovery, training
-from worker.engine.stages.setup import Workbench
+from worker.engine.stages.setup import Workbench, forward
 from worker.errors import BadSpecError, first_line
 from worker.report_schema import SearchCandidate, SearchSection
 from worker.spec import (
@@ -96,6 +96,47 @@ class SearchOutcome:
     pick: Candidate  # a float candidate (the source of a quantized pick)
     quantize: Quantize  # how the pick is exported
     notes: list[str]
+    candidates: list[Candidate] = field(default_factory=list)
+
+    def fallback(self, target: TargetSpec | None) -> SearchOutcome | None:
+        """After the pick's distillation: when it was picked on its projection and now misses a
+        quality target on the held-out inputs, the outcome that ships the fastest candidate that met
+        every target as measured in the search (as it was then: the budget is spent); else None."""
+        if target is None or not target.quality_targets() or self.pick.bench is None:
+            return None
+        pick_row = next(r for r in self.section.candidates if r.id == self.section.pick)
+        if pick_row.meets:
+            return None  # measured, not projected: no search candidate can do better on latency
+        b = self.pick.bench
+        q = quality.evaluate(
+            forward(b.student, b.heldout), b.teacher_heldout, data_range=b.data_range, names=["ssim", "psnr"]
+        )
+        fell = S.fallback(
+            self.section.candidates, pick_row, {"ssim": q.mean("ssim"), "psnr": q.mean("psnr")}, target
+        )
+        if fell is None:
+            return None
+        row, why = fell
+        source = next(
+            c
+            for c in self.candidates
+            if c.row.id == (row.id if row.from_candidate is None else row.from_candidate)
+        )
+        for r in self.section.candidates:
+            r.picked = r is row
+        section = self.section.model_copy(
+            update={
+                "pick": row.id,
+                "met": True,
+                "why": why,
+                "final_note": (
+                    f"The shipped model is candidate {row.id} as the search measured it (the budget went to "
+                    f"{pick_row.id}'s distillation); the report's other sections measure the shipped model."
+                ),
+            }
+        )
+        log.info("search.fallback from=%s to=%s", pick_row.id, row.id)
+        return SearchOutcome(section, source, Quantize(row.quantize), [*self.notes, why], self.candidates)
 
 
 class Searcher:
@@ -553,7 +594,9 @@ class Searcher:
             "search.done candidates=%d pick=%s met=%s seconds=%.1f", len(rows), pick_row.id, met, seconds
         )
         self.emit(f"picked {pick_row.id}: {why}")
-        return SearchOutcome(section, source, Quantize(pick_row.quantize), self.notes + source.notes)
+        return SearchOutcome(
+            section, source, Quantize(pick_row.quantize), self.notes + source.notes, self.cands
+        )
 
 
 class _Exhausted(Exception):

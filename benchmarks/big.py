@@ -158,6 +158,12 @@ def _f(v: float | None, fmt: str = ".3f") -> str:
     return "–" if v is None else format(v, fmt)
 
 
+def _fixed(args: argparse.Namespace) -> str:
+    """The ``--steps`` / ``--lr`` a run was given, as its command line shows them."""
+    steps, lr = getattr(args, "steps", None), getattr(args, "lr", None)
+    return (f" --steps {steps}" if steps else "") + (f" --lr {lr:g}" if lr else "")
+
+
 def write(rows: list[Row], args: argparse.Namespace) -> Path:
     RUNS.mkdir(parents=True, exist_ok=True)
     (RUNS / "results.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
@@ -165,7 +171,7 @@ def write(rows: list[Row], args: argparse.Namespace) -> Path:
         f"# Real-size benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
         f"`python -m benchmarks.big --budget-seconds {args.budget_seconds:g} --ratio {args.ratio:g}"
-        f"{f' --steps {args.steps}' if args.steps else ''}{f' --lr {args.lr:g}' if args.lr else ''}`; "
+        f"{_fixed(args)}`; "
         f"{os.cpu_count()} cores; each row one `gancompress compress` process, wall time from outside. "
         "SSIM / PSNR: student vs teacher in ONNX Runtime on held-out images no job saw. "
         "after prune / recovery / distill: the job's own held-out SSIM at each point; "

@@ -32,3 +32,8 @@ def test_the_table_says_what_each_run_measured(tmp_path: Path, monkeypatch: pyte
         "defaults",
         "no-recovery",
     ]
+    assert "--ratio 0.5`" in text  # no fixed steps or learning rate asked: none shown
+    fixed = big.write(
+        rows, argparse.Namespace(budget_seconds=600.0, ratio=0.5, steps=1500, lr=3e-4)
+    ).read_text()
+    assert "--budget-seconds 600 --ratio 0.5 --steps 1500 --lr 0.0003`" in fixed

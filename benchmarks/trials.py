@@ -51,15 +51,9 @@ def run(name: str, side: int, n: int) -> dict[str, float | str]:
     worst, fresh_s, stepped_s = 0.0, 0.0, 0.0
     for u in units:
         t = time.perf_counter()
-        fresh = []
-        for level in A.LEVELS:
-            try:
-                fresh.append(
-                    (level, A.pruned_copy(model, example, spec, plan, *A.split_ratios([u], {u.name: level})))
-                )
-            except Exception:  # a level the unit cannot take, as the engine stops there
-                break
-        a = {level: A._distortion(m, batch, ref) for level, m in fresh}
+        a = {
+            level: A._distortion(m, batch, ref) for level, m in A.fresh_trials(model, example, spec, plan, u)
+        }
         fresh_s += time.perf_counter() - t
         t = time.perf_counter()
         b = {

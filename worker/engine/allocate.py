@@ -220,6 +220,23 @@ def measure_units(
             u.saved[level] = base - cost(trial)
 
 
+def fresh_trials(
+    model: nn.Module,
+    example: dict[str, torch.Tensor],
+    spec: PruneSpec,
+    plan: P.PrunePlan,
+    u: Unit,
+    levels: tuple[float, ...] = LEVELS,
+) -> Iterator[tuple[float, nn.Module]]:
+    """``unit`` pruned alone at each level, a fresh copy per level, until a level it cannot take."""
+    for level in levels:
+        try:
+            yield level, pruned_copy(model, example, spec, plan, *split_ratios([u], {u.name: level}))
+        except Exception as e:  # a level the unit cannot take (too few channels): stop here
+            log.info("allocate.level_refused unit=%s level=%.3f error=%s", u.name, level, e)
+            return
+
+
 def _unit_trials(
     model: nn.Module,
     example: dict[str, torch.Tensor],
@@ -239,21 +256,15 @@ def _unit_trials(
     level: the kept channels' weights do not change between steps (tested, rounded and not). Counting
     trials unrounded instead made the allocation overshoot its MAC budget by 36%."""
     if u.block_site or spec.global_ranking or spec.criterion not in MAGNITUDE:
-        for level in levels:
-            try:
-                yield level, pruned_copy(model, example, spec, plan, *split_ratios([u], {u.name: level}))
-            except Exception as e:  # a level the unit cannot take: stop here
-                log.info("allocate.level_refused unit=%s level=%.3f error=%s", u.name, level, e)
-                return
+        yield from fresh_trials(model, example, spec, plan, u, levels)
         return
     trial = copy.deepcopy(model)
-    flat = spec.model_copy(update={"round_to": 1})
     pruner = P.make_pruner(
-        trial, example, flat, plan, 0.0, len(levels), layer_ratios={n: levels[-1] for n in u.layers}
+        trial, example, spec, plan, 0.0, len(levels), layer_ratios={n: levels[-1] for n in u.layers}
     )
-    for n in u.layers:  # the scheduler's per-step ratios: the levels, rounded as a fresh copy's
-        rounded = (P.rounded_ratios(model, plan, 0.0, {n: lv}, spec.round_to)[n] for lv in levels)
-        pruner.pruning_ratio_dict[trial.get_submodule(n)] = [0.0, *(rounded if spec.round_to > 1 else levels)]
+    for n in u.layers:  # the scheduler's per-step ratios: the levels, as a fresh copy's pruner has them
+        steps = [(P.pruner_ratios(model, spec, plan, 0.0, {n: lv}) or {})[n] for lv in levels]
+        pruner.pruning_ratio_dict[trial.get_submodule(n)] = [0.0, *steps]
     for level in levels:
         try:
             P.prune_step(trial, example, pruner, plan, {})

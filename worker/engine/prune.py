@@ -171,8 +171,7 @@ def make_pruner(
     where ``layer_ratios`` names it (a dependency group takes the ratio of its first named layer)."""
     ignored = [model.get_submodule(n) for n in plan.kept]
     # rounded at the end: Torch-Pruning's scheduler reaches these ratios at the last of its steps
-    if spec.round_to > 1 and not spec.global_ranking and (layer_ratios or ratio > 0):
-        layer_ratios = rounded_ratios(model, plan, ratio, layer_ratios, spec.round_to)
+    layer_ratios = pruner_ratios(model, spec, plan, ratio, layer_ratios)
     per_layer = {model.get_submodule(n): r for n, r in (layer_ratios or {}).items() if n not in plan.kept}
     return tp.pruner.BasePruner(
         model,
@@ -186,6 +185,16 @@ def make_pruner(
         max_pruning_ratio=0.95,
         customized_pruners=CUSTOM_PRUNERS,
     )
+
+
+def pruner_ratios(
+    model: nn.Module, spec: PruneSpec, plan: PrunePlan, ratio: float, layer_ratios: dict[str, float] | None
+) -> dict[str, float] | None:
+    """The per-layer ratios ``make_pruner`` hands Torch-Pruning: rounded to ``spec.round_to`` (see
+    ``rounded_ratios``) unless the ranking is global or nothing is pruned; else ``layer_ratios``."""
+    if spec.round_to > 1 and not spec.global_ranking and (layer_ratios or ratio > 0):
+        return rounded_ratios(model, plan, ratio, layer_ratios, spec.round_to)
+    return layer_ratios
 
 
 def out_channels(module: nn.Module) -> int | None:

@@ -14,14 +14,15 @@ export function frameable(html, reportUrl, withKey) {
   const doc = new DOMParser().parseFromString(html, "text/html");
   for (const a of doc.querySelectorAll("a[href]")) {
     const href = a.getAttribute("href");
+    if (ABSOLUTE.test(href)) continue;
     if (href.startsWith("#")) {
       a.setAttribute("href", `about:srcdoc${href}`);
-    } else if (!ABSOLUTE.test(href) && withKey) {
+    } else if (withKey) {
       const note = doc.createElement("span");
       note.textContent = `${a.textContent} (download it from this job's page: the report cannot send the API key)`;
       note.dataset.testid = "report-file-note";
       a.replaceWith(note);
-    } else if (!ABSOLUTE.test(href)) {
+    } else {
       a.setAttribute("href", new URL(href, reportUrl).href);
       a.setAttribute("target", "_blank");
       a.setAttribute("rel", "noopener");

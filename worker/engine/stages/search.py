@@ -117,11 +117,7 @@ class SearchOutcome:
         if fell is None:
             return None
         row, why = fell
-        source = next(
-            c
-            for c in self.candidates
-            if c.row.id == (row.id if row.from_candidate is None else row.from_candidate)
-        )
+        source = _source(self.candidates, row)
         for r in self.section.candidates:
             r.picked = r is row
         section = self.section.model_copy(
@@ -565,14 +561,7 @@ class Searcher:
         for r in rows:
             r.picked = r is pick_row
         S.mark_front(rows)
-        pick = next(c for c in self.cands if c.row is pick_row)
-        source = (
-            pick
-            if pick.bench is not None
-            else next(c for c in self.cands if c.row.id == pick_row.from_candidate)
-        )
-        if source is not pick:
-            source.row.picked = False
+        source = _source(self.cands, pick_row)
         seconds = time.perf_counter() - self.t0
         section = SearchSection(
             mode=self.spec.mode.value,
@@ -597,6 +586,11 @@ class Searcher:
         return SearchOutcome(
             section, source, Quantize(pick_row.quantize), self.notes + source.notes, self.cands
         )
+
+
+def _source(cands: list[Candidate], row: SearchCandidate) -> Candidate:
+    """The float candidate that ships as ``row``: its own, or the one a quantized row was made from."""
+    return next(c for c in cands if c.row.id == (row.from_candidate or row.id))
 
 
 class _Exhausted(Exception):
